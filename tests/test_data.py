@@ -1,0 +1,178 @@
+"""tf_rnn.data: look-up order, verification and every error path, on small IDX files written by the tests."""
+
+import gzip
+import time
+
+import numpy as np
+import pytest
+
+from conftest import idx_bytes, synthetic_arrays, write_idx_dir
+from tf_rnn import data
+
+
+@pytest.fixture(autouse=True)
+def small_counts(monkeypatch):
+    # The real files hold 60,000 + 10,000 images; the tests write 600 + 200 and let the count check expect that.
+    monkeypatch.setattr(data, "COUNTS", {"train": 600, "test": 200})
+
+
+def no_download(spec):
+    raise data.DataError("download failed: network unreachable (test)")
+
+
+def test_lookup_order_data_dir_env_cache_system_download(isolated_data_env, monkeypatch):
+    root = isolated_data_env
+    copies = {name: synthetic_arrays(seed=i) for i, name in enumerate(["arg", "env", "cache", "system", "net"])}
+    write_idx_dir(root / "arg", copies["arg"])
+    write_idx_dir(root / "env", copies["env"], compress=False)
+    write_idx_dir(root / "keras_home" / "datasets" / "mnist", copies["cache"])
+    write_idx_dir(root / "system" / "mnist", copies["system"])
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root / "env"))
+    downloaded = lambda spec: copies["net"]  # noqa: E731
+
+    def loaded_from(**kwargs):
+        got = data.load("mnist", download=downloaded, **kwargs)
+        return next(k for k, v in copies.items() if np.array_equal(v.x_train, got.x_train))
+
+    assert loaded_from(data_dir=root / "arg") == "arg"
+    assert loaded_from() == "env"
+    monkeypatch.delenv(data.DATA_DIR_ENV)
+    assert loaded_from() == "cache"
+    for f in (root / "keras_home" / "datasets" / "mnist").iterdir():
+        f.unlink()
+    assert loaded_from() == "system"
+    for f in (root / "system" / "mnist").iterdir():
+        f.unlink()
+    assert loaded_from() == "net"
+
+
+def test_loaded_arrays_match_what_was_written(isolated_data_env):
+    arrays = synthetic_arrays(seed=3)
+    got = data.load("mnist", data_dir=write_idx_dir(isolated_data_env / "d", arrays), download=False)
+    for a, b in zip(arrays[:4], got[:4]):
+        np.testing.assert_array_equal(a, b)
+    assert got.x_train.dtype == np.uint8 and got.x_train.shape == (600, 28, 28)
+    assert got.y_test.dtype == np.int64
+
+
+def test_nothing_found_lists_every_place_and_fails_fast(isolated_data_env):
+    start = time.monotonic()
+    with pytest.raises(data.DataError) as e:
+        data.load("fashion_mnist", download=no_download)
+    assert time.monotonic() - start < 5
+    msg = str(e.value)
+    assert "\n" not in msg
+    for place in ("keras_home/datasets", "system/fashion-mnist", "network unreachable", "apt-get install dataset-fashion-mnist", "--data-dir"):
+        assert place in msg
+
+
+def test_keras_download_failure_becomes_data_error(isolated_data_env, monkeypatch):
+    import keras
+
+    def offline():
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(data.DataError, match="download failed: OSError: Temporary failure"):
+        data.load("mnist")
+
+
+def test_missing_data_dir_is_an_error(isolated_data_env):
+    with pytest.raises(data.DataError, match="--data-dir .*nowhere: no such directory"):
+        data.load("mnist", data_dir=isolated_data_env / "nowhere")
+
+
+def test_unknown_dataset():
+    with pytest.raises(data.DataError, match="unknown dataset 'cifar'; choose one of: fashion_mnist, mnist"):
+        data.load("cifar")
+
+
+def test_truncated_gzip_names_the_file(isolated_data_env):
+    folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
+    bad = folder / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(data.DataError, match=f"{bad}: cannot be read"):
+        data.load("mnist", data_dir=folder, download=False)
+
+
+def test_truncated_raw_file_names_the_file(isolated_data_env):
+    folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays(), compress=False)
+    bad = folder / "t10k-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:-784])
+    with pytest.raises(data.DataError, match=f"{bad}: .*bytes of content, expected .*truncated or corrupt"):
+        data.load("mnist", data_dir=folder, download=False)
+
+
+@pytest.mark.parametrize(
+    "name, payload, message",
+    [
+        ("train-images-idx3-ubyte", idx_bytes(np.zeros((600, 28, 28)), "labels"), "bad IDX magic number"),
+        ("train-labels-idx1-ubyte", idx_bytes(np.zeros(599), "labels"), "holds 599 labels, expected 600"),
+        ("train-images-idx3-ubyte", idx_bytes(np.zeros((600, 28, 27)), "images"), "images are 28x27"),
+        ("t10k-labels-idx1-ubyte", idx_bytes(np.full(200, 10), "labels"), r"label 10 out of range \[0, 10\)"),
+        ("t10k-labels-idx1-ubyte", b"\x00\x00", r"truncated \(2 bytes\)"),
+    ],
+)
+def test_bad_idx_content(isolated_data_env, name, payload, message):
+    folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
+    (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+    with pytest.raises(data.DataError, match=message) as e:
+        data.load("mnist", data_dir=folder, download=False)
+    assert name in str(e.value)
+
+
+def test_partial_folder_names_missing_files(isolated_data_env):
+    folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.DataError, match="not t10k-labels-idx1-ubyte"):
+        data.load("mnist", data_dir=folder, download=False)
+
+
+def test_fashion_checksum_is_checked_on_decompressed_content(isolated_data_env):
+    # Well-formed files that are not Fashion-MNIST: only the content checksum can tell.
+    folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
+    with pytest.raises(data.DataError, match="checksum mismatch for fashion_mnist"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
+def test_npz_form_and_its_checks(isolated_data_env):
+    arrays = synthetic_arrays(seed=5)
+    folder = isolated_data_env / "npz"
+    folder.mkdir()
+    kw = dict(x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test)
+    np.savez(folder / "fashion-mnist.npz", **kw)  # No published digest for this form: structure checks only.
+    np.testing.assert_array_equal(data.load("fashion_mnist", data_dir=folder).x_test, arrays.x_test)
+    np.savez(folder / "mnist.npz", **kw)  # Keras' mnist.npz has a known digest, which this copy fails.
+    with pytest.raises(data.DataError, match="mnist.npz: checksum mismatch for mnist"):
+        data.load("mnist", data_dir=folder, download=False)
+    np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train)
+    with pytest.raises(data.DataError, match="not a valid dataset .npz"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
+def test_pipelines_scale_split_and_keep_every_test_image(tiny):
+    splits = data.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
+    assert (splits.train_examples, splits.validation_examples, splits.test_examples) == (450, 150, 200)
+    x, y = next(iter(splits.train))
+    assert x.dtype.name == "float32" and x.shape == (64, 28, 28) and float(x.numpy().max()) <= 1.0
+    np.testing.assert_allclose(x.numpy().max(), 1.0)  # The bright row (255) maps to exactly 1.
+    assert sum(int(b[0].shape[0]) for b in splits.test) == 200  # 200 = 3 x 64 + 8: the last, short batch is kept.
+    # The validation images come from the training set, are held out of training, and the split is seeded.
+    train_imgs = {bytes(b) for xb, _ in splits.train for b in (xb.numpy() * 255).round().astype(np.uint8)}
+    val_imgs = {bytes(b) for xb, _ in splits.validation for b in (xb.numpy() * 255).round().astype(np.uint8)}
+    assert not train_imgs & val_imgs and len(train_imgs | val_imgs) == 600
+    again = data.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
+    np.testing.assert_array_equal(next(iter(again.validation))[0], next(iter(splits.validation))[0])
+
+
+def test_shuffle_is_seeded(tiny):
+    first = [next(iter(data.make_splits(tiny, 32, 0.1, seed=s).train))[1].numpy() for s in (7, 7, 8)]
+    np.testing.assert_array_equal(first[0], first[1])
+    assert not np.array_equal(first[0], first[2])
+
+
+def test_real_fashion_mnist_loads_and_verifies(fashion_dir, isolated_data_env, monkeypatch):
+    monkeypatch.setattr(data, "COUNTS", {"train": 60_000, "test": 10_000})
+    arrays = data.load("fashion_mnist", data_dir=fashion_dir, download=False)
+    assert arrays.x_train.shape == (60_000, 28, 28) and arrays.x_test.shape == (10_000, 28, 28)
+    assert np.bincount(arrays.y_test).tolist() == [1000] * 10  # Fashion-MNIST's test set is balanced.

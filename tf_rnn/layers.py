@@ -1,0 +1,171 @@
+"""Layers: a stacked RNN with dropout only between layers, and the seed's LSTM equations as a readable cell."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+from keras import ops
+
+CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
+ACTIVATIONS = ("tanh", "softsign")
+
+_warned_softsign = False
+
+
+def _warn_softsign_once() -> None:
+    # softsign is the seed's tip (cheaper, saturates more slowly), but cuDNN only implements tanh: on a GPU every
+    # layer silently falls back to the generic kernel, several times slower. Say so, once per process.
+    global _warned_softsign
+    if not _warned_softsign:
+        _warned_softsign = True
+        warnings.warn(
+            "activation='softsign' disables the cuDNN kernel (it needs tanh): recurrent layers use the generic "
+            "implementation, which is much slower on a GPU.",
+            stacklevel=3,
+        )
+
+
+@keras.saving.register_keras_serializable(package="tf_rnn")
+class StackedRNN(keras.layers.Layer):
+    """N recurrent layers with dropout on the vertical (between-layer) connections only.
+
+    The seed's regularisation rule: drop out the outputs that flow *up* from one layer to the next and to the
+    classifier, never the state that flows *along* time. Every sub-layer therefore has `dropout == 0` and
+    `recurrent_dropout == 0`, which also keeps LSTM/GRU eligible for the cuDNN kernel on a GPU.
+
+    Input `<float32>[batch, time, features]`; output `<float32>[batch, units[-1]]`, or
+    `<float32>[batch, time, units[-1]]` with `return_sequences=True`.
+
+    Args:
+      cell: `lstm`, `gru` or `simple`.
+      units: units of each layer; an int repeats it for `num_layers` layers.
+      num_layers: number of stacked layers (ignored when `units` is a list).
+      dropout: rate of the Dropout applied after every layer (between layers and on the output).
+      activation: `tanh` or `softsign` (softsign gives up cuDNN; a warning says so once).
+      l1, l2: kernel regularisation factors of every sub-layer's input and recurrent kernels.
+      return_sequences: return every time step of the last layer instead of only the last step.
+    """
+
+    def __init__(
+        self,
+        cell: str = "lstm",
+        units: int | list[int] = 128,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        activation: str = "tanh",
+        l1: float = 0.0,
+        l2: float = 0.0,
+        return_sequences: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if cell not in CELLS:
+            raise ValueError(f"cell={cell!r}; choose one of: {', '.join(CELLS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout}; must be in [0, 1)")
+        units_list = [int(units)] * int(num_layers) if isinstance(units, int) else [int(u) for u in units]
+        if not units_list or min(units_list) < 1:
+            raise ValueError(f"units={units}, num_layers={num_layers}; need at least one layer of >= 1 unit")
+        if activation == "softsign":
+            _warn_softsign_once()
+        self.cell, self.units, self.num_layers = cell, units_list, len(units_list)
+        self.dropout, self.activation, self.l1, self.l2 = float(dropout), activation, float(l1), float(l2)
+        self.return_sequences = bool(return_sequences)
+
+        regularizer = keras.regularizers.L1L2(l1=self.l1, l2=self.l2) if (self.l1 or self.l2) else None
+        self.rnns, self.dropouts = [], []
+        for i, n in enumerate(units_list):
+            last = i == len(units_list) - 1
+            self.rnns.append(
+                CELLS[cell](
+                    n,
+                    activation=activation,
+                    return_sequences=self.return_sequences or not last,
+                    kernel_regularizer=regularizer,
+                    recurrent_regularizer=regularizer,
+                    dropout=0.0,
+                    recurrent_dropout=0.0,
+                    name=f"{cell}_{i}",
+                )
+            )
+            self.dropouts.append(keras.layers.Dropout(self.dropout, name=f"dropout_{i}"))
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for rnn in self.rnns:
+            rnn.build(shape)
+            shape = (shape[0], shape[1], rnn.units)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for rnn, drop in zip(self.rnns, self.dropouts):
+            x = drop(rnn(x, training=training), training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        if self.return_sequences:
+            return (input_shape[0], input_shape[1], self.units[-1])
+        return (input_shape[0], self.units[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "cell": self.cell,
+            "units": list(self.units),
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "activation": self.activation,
+            "l1": self.l1,
+            "l2": self.l2,
+            "return_sequences": self.return_sequences,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tf_rnn")
+class SeedLSTMCell(keras.layers.Layer):
+    """The seed's LSTM equations, written out: a readable reference, not a fast kernel.
+
+    With `p = x W + h U + b` split into the input, forget, candidate and output parts (Keras' i, f, c, o order):
+
+        f_t = sigmoid(p_f + forget_bias)          # forget gate: 1 keeps, 0 erases the old cell state
+        i_t = sigmoid(p_i) * tanh(p_c)            # input gate times the new candidate values
+        c_t = f_t * c_{t-1} + i_t                 # the cell state: the "conveyor belt"
+        h_t = tanh(c_t) * sigmoid(p_o)            # output gate filters the cell state
+
+    The weights have `keras.layers.LSTM`'s layout (`kernel <[input, 4·units]>`, `recurrent_kernel <[units,
+    4·units]>`, `bias <[4·units]>`), so they transplant directly; `forget_bias` is a constant added at every step as
+    in TF1's BasicLSTMCell, where Keras instead initialises the forget part of the bias to 1 (`unit_forget_bias`).
+
+    Use as `keras.layers.RNN(SeedLSTMCell(units))`: input `<float32>[batch, time, input]`.
+    """
+
+    def __init__(self, units: int, forget_bias: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.forget_bias = float(forget_bias)
+        self.state_size = [self.units, self.units]
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        n = self.units
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4 * n), initializer="glorot_uniform", name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(n, 4 * n), initializer="orthogonal", name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(4 * n,), initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, inputs, states, training=None):
+        h_prev, c_prev = states
+        p = ops.matmul(inputs, self.kernel) + ops.matmul(h_prev, self.recurrent_kernel) + self.bias
+        p_i, p_f, p_c, p_o = ops.split(p, 4, axis=-1)
+        f = ops.sigmoid(p_f + self.forget_bias)
+        i = ops.sigmoid(p_i) * ops.tanh(p_c)
+        c = f * c_prev + i
+        h = ops.tanh(c) * ops.sigmoid(p_o)
+        return h, [h, c]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "forget_bias": self.forget_bias}
