@@ -155,12 +155,13 @@ def test_pipelines_scale_split_and_keep_every_test_image(tiny):
     assert (splits.train_examples, splits.validation_examples, splits.test_examples) == (450, 150, 200)
     x, y = next(iter(splits.train))
     assert x.dtype.name == "float32" and x.shape == (64, 28, 28) and float(x.numpy().max()) <= 1.0
-    np.testing.assert_allclose(x.numpy().max(), 1.0)  # The bright row (255) maps to exactly 1.
+    np.testing.assert_allclose(x.numpy().max(), 1.0)  # The bright column (255) maps to exactly 1.
     assert sum(int(b[0].shape[0]) for b in splits.test) == 200  # 200 = 3 x 64 + 8: the last, short batch is kept.
     # The validation images come from the training set, are held out of training, and the split is seeded.
-    train_imgs = {bytes(b) for xb, _ in splits.train for b in (xb.numpy() * 255).round().astype(np.uint8)}
+    train_imgs = {bytes(b) for xb, _ in splits.train.take(8) for b in (xb.numpy() * 255).round().astype(np.uint8)}
     val_imgs = {bytes(b) for xb, _ in splits.validation for b in (xb.numpy() * 255).round().astype(np.uint8)}
     assert not train_imgs & val_imgs and len(train_imgs | val_imgs) == 600
+    assert sum(int(b[0].shape[0]) for b in splits.train.take(8)) == 450  # One epoch = 8 batches, last one short.
     again = data.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
     np.testing.assert_array_equal(next(iter(again.validation))[0], next(iter(splits.validation))[0])
 

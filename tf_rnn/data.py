@@ -304,7 +304,7 @@ def load(
 
 
 class Splits(NamedTuple):
-    """Batched `tf.data.Dataset`s of `(<float32>[batch, 28, 28] in [0, 1], <int64>[batch])`."""
+    """Batched `tf.data.Dataset`s of `(<float32>[batch, 28, 28] in [0, 1], <int64>[batch])`; `train` is endless."""
 
     train: object
     validation: object | None
@@ -328,23 +328,41 @@ def _to_float(images, labels):
     return tf.cast(images, tf.float32) / 255.0, labels
 
 
-def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
-    """uint8 arrays → batched float32 dataset; shuffled (seeded) when `shuffle_seed` is given."""
+def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """uint8 arrays → batched float32 dataset, in order (validation and test)."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:
-        # A full-size buffer gives a true uniform shuffle; the data is only ~47 MB of uint8.
-        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     # Scaling after batching is one op per batch instead of one per image.
-    return ds.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def make_splits(arrays: Arrays, batch_size: int, validation_split: float, seed: int) -> Splits:
-    """Train (shuffled), validation and test pipelines. The test pipeline keeps every image (no drop_remainder)."""
+def training_stream(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int = 0):
+    """An endless stream of shuffled epochs, epoch `e` shuffled with seed `seed + e`, starting at `first_epoch`.
+
+    Each epoch's order depends only on (seed, epoch), not on how many epochs this process has already run: a run
+    resumed at epoch 3 sees exactly the batches an uninterrupted run would. Use with `fit(steps_per_epoch=...)`.
+    Epochs are batched separately, so the last, short batch of an epoch never mixes with the next epoch.
+    """
+    import tensorflow as tf
+
+    images, labels, n = tf.constant(x), tf.constant(y), len(x)
+
+    def one_epoch(epoch):
+        # A stateless permutation of all indices: a true uniform shuffle that is a pure function of (seed, epoch).
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+    stream = stream.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
+    return stream.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def make_splits(arrays: Arrays, batch_size: int, validation_split: float, seed: int, first_epoch: int = 0) -> Splits:
+    """Train (endless, shuffled per epoch), validation and test pipelines; the test one keeps every image."""
     (x_tr, y_tr), (x_val, y_val) = split_validation(arrays.x_train, arrays.y_train, validation_split, seed)
     return Splits(
-        train=pipeline(x_tr, y_tr, batch_size, shuffle_seed=seed),
+        train=training_stream(x_tr, y_tr, batch_size, seed, first_epoch),
         validation=pipeline(x_val, y_val, batch_size) if len(x_val) else None,
         test=pipeline(arrays.x_test, arrays.y_test, batch_size),
         train_examples=len(x_tr),

@@ -177,10 +177,17 @@ def _callbacks():
 # --- TensorBoard extras -------------------------------------------------------------------------------------------
 
 
-def write_hparams(logdir: Path, config: TrainConfig) -> None:
-    """HParams summary, so TensorBoard's HParams dashboard can compare runs."""
+def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
+    """The HParams summary (so the HParams dashboard compares runs) and the model's forward op graph.
+
+    Keras 3's TensorBoard callback writes the conceptual (layer) graph but no longer the op graph on TF 2.21: we
+    trace the inference function once and write it ourselves.
+    """
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
+
+    forward = tf.function(lambda x: model(x, training=False))
+    graph = forward.get_concrete_function(tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.float32)).graph
 
     hparams = {k: ("" if v is None else v) for k, v in config.to_dict().items()}
     with tf.summary.create_file_writer(str(logdir)).as_default():
@@ -193,6 +200,7 @@ def write_hparams(logdir: Path, config: TrainConfig) -> None:
             ],
         )
         hp.hparams(hparams)
+        tf.summary.graph(graph)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = data.NUM_CLASSES):
@@ -253,7 +261,9 @@ def evaluate_once(model, test_ds) -> tuple[dict, np.ndarray]:
     return metrics, confusion_matrix(labels, predictions)
 
 
-def train_and_evaluate(config: TrainConfig, workdir, *, datasets: data.Arrays | None = None, strategy=None) -> dict:
+def train_and_evaluate(
+    config: TrainConfig, workdir, *, datasets: data.Arrays | None = None, strategy=None, extra_callbacks=()
+) -> dict:
     """Trains `config` in `workdir`, resuming an interrupted run there, and evaluates once on the test set.
 
     Args:
@@ -261,6 +271,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, datasets: data.Arrays | 
       workdir: where config.json, model.keras, TensorBoard logs, backups and metrics.json go.
       datasets: in-memory arrays to use instead of loading `config.dataset` (tests inject tiny data here).
       strategy: a tf.distribute strategy to use instead of `config.strategy`.
+      extra_callbacks: Keras callbacks added after ours (tests use one to interrupt a run).
 
     Returns:
       The metrics also written to `metrics.json`.
@@ -289,7 +300,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *, datasets: data.Arrays | 
     else:
         datasets = data.validate_arrays(datasets, "datasets=")
     global_batch = config.batch_size * replicas
-    splits = data.make_splits(datasets, global_batch, config.validation_split, config.seed)
+    resumed_from = finished_epochs_in_backup(workdir)
+    splits = data.make_splits(datasets, global_batch, config.validation_split, config.seed, resumed_from or 0)
     steps_per_epoch = math.ceil(splits.train_examples / global_batch)
     total_steps = config.epochs * steps_per_epoch
     if config.steps:
@@ -301,11 +313,10 @@ def train_and_evaluate(config: TrainConfig, workdir, *, datasets: data.Arrays | 
 
     BestModel, StepBudget, NaNGuard, Throughput = _callbacks()
     tb_dir = workdir / TENSORBOARD_DIR
-    resumed_from = finished_epochs_in_backup(workdir)
     if resumed_from is not None:
         print(f"Resuming from epoch {resumed_from}")
     else:
-        write_hparams(tb_dir, config)
+        write_run_header(tb_dir, config, model)
     nan_guard = NaNGuard()
     throughput = Throughput(global_batch, splits.train_examples, steps_per_epoch)
     best = BestModel(workdir / MODEL_FILE, workdir / BACKUP_DIR / TRAIN_STATE_FILE, config.early_stopping_patience)
@@ -320,7 +331,13 @@ def train_and_evaluate(config: TrainConfig, workdir, *, datasets: data.Arrays | 
     ]
     start = time.perf_counter()
     history = model.fit(
-        splits.train, validation_data=splits.validation, epochs=epochs, callbacks=callbacks, verbose="auto"
+        splits.train,
+        validation_data=splits.validation,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # The stream is already shuffled per epoch (see data.training_stream).
+        callbacks=callbacks + list(extra_callbacks),
+        verbose="auto",
     )
     train_seconds = time.perf_counter() - start
     if nan_guard.bad_step is not None:

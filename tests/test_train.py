@@ -1,0 +1,198 @@
+"""tf_rnn.train: the CLI, the workdir's files, TensorBoard logs, resume, reproducibility and failures."""
+
+import json
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import synthetic_arrays
+from tf_rnn import train
+from tf_rnn.config import TrainConfig, resolve
+
+# A config that learns the synthetic digits in seconds.
+TINY = dict(units=16, layers=1, batch_size=32, lr=1e-2, dropout=0.0, epochs=3, validation_split=0.2)
+
+
+def run(tmp_path, name="run", data=None, callbacks=(), **overrides):
+    config = resolve(overrides={**TINY, **overrides})
+    return train.train_and_evaluate(config, tmp_path / name, datasets=data or synthetic_arrays(), extra_callbacks=callbacks)
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        # argparse quotes the choices on some Python versions and not on others.
+        (["--optimizer", "sgd"], r"argument --optimizer: invalid choice: 'sgd' \(choose from '?adam'?, '?rmsprop'?, '?adagrad'?, '?nesterov'?\)"),
+        (["--preset", "best"], r"argument --preset: invalid choice: 'best' \(choose from '?seed'?, '?default'?\)"),
+        (["--lr", "fast"], "argument --lr: invalid float value 'fast' for --lr"),
+        (["--units", "1.5"], "invalid int value '1.5' for --units"),
+        (["--dropout", "1.5"], r"--dropout 1.5: must be in \[0, 1\)"),
+        (["--epochs", "0"], "--epochs 0: must be >= 1"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv, expected, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--workdir", str(tmp_path / "w")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err) and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"units": 8, "colour": "red"}))
+    for path, expected in [(bad, "unknown field(s) colour"), (tmp_path / "none.json", "no such file")]:
+        with pytest.raises(SystemExit) as e:
+            train.main(["--config", str(path)])
+        assert e.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_flags_override_preset_and_config_file(tmp_path):
+    saved = resolve("seed").to_dict() | {"units": 64}
+    (tmp_path / "c.json").write_text(json.dumps(saved))
+    config, workdir = train.parse_flags(["--config", str(tmp_path / "c.json"), "--lr", "0.5", "--workdir", "w"])
+    assert (config.preset, config.units, config.lr, config.steps, str(workdir)) == ("seed", 64, 0.5, 781, "w")
+    config, _ = train.parse_flags(["--preset", "seed", "--epochs", "4"])
+    assert (config.layers, config.dropout, config.epochs, config.steps) == (1, 0.0, 4, 781)
+    assert train.parse_flags([])[0] == TrainConfig()
+
+
+def test_missing_data_is_one_line_exit_1(tmp_path, capsys, isolated_data_env, monkeypatch):
+    from tf_rnn import data
+
+    monkeypatch.setattr(data, "_download", lambda spec: (_ for _ in ()).throw(data.DataError("download failed: offline")))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--dataset", "fashion_mnist", "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and "fashion_mnist not found in" in err
+
+
+# --- a run's outputs ------------------------------------------------------------------------------------------
+
+
+def test_run_writes_config_model_metrics_and_learns(tmp_path):
+    metrics = run(tmp_path, epochs=4)
+    workdir = tmp_path / "run"
+    assert json.loads((workdir / "config.json").read_text()) == resolve(overrides={**TINY, "epochs": 4}).to_dict()
+    saved = json.loads((workdir / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in ("test_accuracy", "test_loss", "test_examples", "epochs", "train_seconds", "train_samples_per_second",
+                "num_replicas_in_sync", "resumed_from_epoch"):
+        assert key in saved
+    assert saved["test_examples"] == 200 and saved["epochs"] == 4 and saved["resumed_from_epoch"] is None
+    assert saved["num_replicas_in_sync"] == 1 and saved["train_samples_per_second"] > 0
+    assert saved["test_accuracy"] > 0.9  # Chance is 0.1: the model learned the synthetic classes.
+    assert sum(map(sum, saved["confusion_matrix"])) == 200
+    assert not (workdir / "backup").exists()
+    # model.keras is the best-validation model, and test metrics were computed with it.
+    model = keras.saving.load_model(workdir / "model.keras")
+    data = synthetic_arrays()
+    logits = model.predict(data.x_test.astype("float32") / 255, verbose=0)
+    np.testing.assert_allclose((logits.argmax(1) == data.y_test).mean(), saved["test_accuracy"])
+
+
+def test_finished_run_is_never_overwritten(tmp_path):
+    run(tmp_path, epochs=1)
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(train.RunError, match="holds a finished run"):
+        run(tmp_path, epochs=1)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+
+
+def test_step_cap_and_seed_preset_budget(tmp_path):
+    metrics = run(tmp_path, epochs=5, steps=20)  # 480 training images / 32 = 15 steps per epoch.
+    assert metrics["steps"] == 20 and metrics["epochs"] == 2
+
+
+def test_tensorboard_logs_hold_the_named_summaries(tmp_path):
+    run(tmp_path, epochs=2)
+    tb = tmp_path / "run" / "tensorboard"
+
+    def tags(sub):
+        found = {}
+        for f in (tb / sub).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(f)):
+                for v in event.summary.value:
+                    found.setdefault(v.tag, []).append(v.metadata.plugin_data.plugin_name)
+        return found
+
+    train_tags, val_tags, root_tags, test_tags = tags("train"), tags("validation"), tags("."), tags("test")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train_tags)
+    assert {"epoch_loss", "epoch_accuracy"} <= set(val_tags)
+    assert any(t.endswith("/histogram") for t in train_tags)  # Weight histograms.
+    assert train_tags["keras"] == ["graph_keras_model"]  # The conceptual (layer) graph.
+    graphs = [e.graph_def for f in tb.glob("events.*") for e in tf.compat.v1.train.summary_iterator(str(f))
+              if e.graph_def]
+    op_types = {node.op for node in tf.compat.v1.GraphDef.FromString(graphs[0]).node}
+    assert "MatMul" in op_types  # The op graph of the forward pass.
+    assert "hparams" in {p for plugins in root_tags.values() for p in plugins}
+    assert "confusion_matrix" in test_tags and test_tags["confusion_matrix"] == ["images"]
+    assert "test_accuracy" in root_tags
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a, b = run(tmp_path, "a", dropout=0.2, layers=2), run(tmp_path, "b", dropout=0.2, layers=2)
+    assert (a["test_accuracy"], a["test_loss"]) == (b["test_accuracy"], b["test_loss"])
+    c = run(tmp_path, "c", dropout=0.2, layers=2, seed=1)
+    assert c["test_loss"] != a["test_loss"]
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates a kill after `epochs` finished epochs (after the backup of that epoch was written)."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(tmp_path, capsys):
+    straight = run(tmp_path, "straight", epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed", epochs=4, callbacks=[Interrupt(2)])
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    capsys.readouterr()
+    resumed = run(tmp_path, "resumed", epochs=4)
+    assert "Resuming from epoch 2" in capsys.readouterr().out
+    assert resumed["resumed_from_epoch"] == 2 and resumed["epochs"] == 4 and resumed["steps"] == straight["steps"]
+    # Per-epoch seeded shuffling + restored optimizer state: the resumed run is the uninterrupted run.
+    a = keras.saving.load_model(tmp_path / "straight" / "model.keras").get_weights()
+    b = keras.saving.load_model(tmp_path / "resumed" / "model.keras").get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    assert resumed["test_loss"] == pytest.approx(straight["test_loss"], abs=1e-6)
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, epochs=3, callbacks=[Interrupt(1)])
+    with pytest.raises(train.RunError, match=r"another config \(units: 16 -> 32\)"):
+        run(tmp_path, epochs=3, units=32)
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Makes the next loss NaN, as a diverging run would, by writing NaN into the output layer after batch 3."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 3:
+            kernel = self.model.get_layer("logits").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
+    with pytest.raises(train.RunError, match=r"loss became NaN at step 5; lower --lr \(now 0.01\)") as e:
+        run(tmp_path, epochs=3, callbacks=[PoisonWeights()])
+    assert "\n" not in str(e.value)
+    assert "Epoch 2/3" not in capsys.readouterr().out  # It stopped at once, not at the end of the run.
+    assert not (tmp_path / "run" / "metrics.json").exists()
