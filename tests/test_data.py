@@ -177,3 +177,15 @@ def test_real_fashion_mnist_loads_and_verifies(fashion_dir, isolated_data_env, m
     arrays = data.load("fashion_mnist", data_dir=fashion_dir, download=False)
     assert arrays.x_train.shape == (60_000, 28, 28) and arrays.x_test.shape == (10_000, 28, 28)
     assert np.bincount(arrays.y_test).tolist() == [1000] * 10  # Fashion-MNIST's test set is balanced.
+
+
+def test_hflip_mirrors_a_seeded_half_of_the_training_images(tiny):
+    plain = data.make_splits(tiny, 600, 0.0, seed=2).train
+    flipped = data.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train
+    (xp, yp), (xf, yf) = next(iter(plain)), next(iter(flipped))
+    np.testing.assert_array_equal(yp, yf)  # Same order: flipping does not change the shuffle.
+    same = np.all(xp.numpy() == xf.numpy(), axis=(1, 2))
+    mirrored = np.all(xp.numpy()[:, :, ::-1] == xf.numpy(), axis=(1, 2))
+    assert np.all(same | mirrored) and 0.4 < mirrored.mean() < 0.6
+    again = next(iter(data.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train))[0]
+    np.testing.assert_array_equal(again, xf)

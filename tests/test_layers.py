@@ -145,3 +145,24 @@ def test_keras_file_save_and_load(tmp_path):
     seed_model.save(tmp_path / "s.keras")
     np.testing.assert_allclose(keras.saving.load_model(tmp_path / "s.keras").predict(x, verbose=0),
                                seed_model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_label_smoothing_loss_against_numpy():
+    from tf_rnn.models import SparseSmoothedCrossentropy
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(6, 10)).astype("float32"), rng.integers(0, 10, 6)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    for s in (0.0, 0.1):
+        target = (1 - s) * np.eye(10)[labels] + s / 10
+        expected = -(target * log_p).sum(1).mean()
+        loss = SparseSmoothedCrossentropy(s)
+        np.testing.assert_allclose(float(loss(labels, logits)), expected, rtol=1e-5)
+        assert SparseSmoothedCrossentropy.from_config(loss.get_config()).label_smoothing == s
+
+
+def test_augment_auto_flips_fashion_only():
+    assert resolve(overrides=dict(dataset="fashion_mnist")).hflip
+    assert not resolve(overrides=dict(dataset="mnist")).hflip
+    assert not resolve("seed", overrides=dict(dataset="fashion_mnist")).hflip
+    assert resolve(overrides=dict(dataset="mnist", augment="hflip")).hflip

@@ -30,6 +30,34 @@ def make_optimizer(config: TrainConfig, decay_steps: int | None = None) -> keras
     raise ValueError(f"optimizer={config.optimizer!r}")  # unreachable: TrainConfig validates choices.
 
 
+@keras.saving.register_keras_serializable(package="tf_rnn")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy on logits with integer labels and label smoothing.
+
+    Keras' SparseCategoricalCrossentropy has no `label_smoothing`; one-hot labels in the pipeline would cost 10x
+    the label memory and a second code path, so the one-hot happens here.
+
+    Args:
+      label_smoothing: the target is `(1 - s) * one_hot + s / 10`.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name="sparse_smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        """`<int>[batch]` labels, `<float32>[batch, classes]` logits → `<float32>[batch]` losses."""
+        if not self.label_smoothing:
+            return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32"), y_pred.shape[-1])
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
 def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Model:
     """Builds and compiles the classifier: each image row is one time step.
 
@@ -59,7 +87,7 @@ def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Mo
     model = keras.Model(inputs, logits, name=f"{config.cell}_row_classifier")
     model.compile(
         optimizer=make_optimizer(config, decay_steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=SparseSmoothedCrossentropy(config.label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model

@@ -301,7 +301,9 @@ def train_and_evaluate(
         datasets = data.validate_arrays(datasets, "datasets=")
     global_batch = config.batch_size * replicas
     resumed_from = finished_epochs_in_backup(workdir)
-    splits = data.make_splits(datasets, global_batch, config.validation_split, config.seed, resumed_from or 0)
+    splits = data.make_splits(
+        datasets, global_batch, config.validation_split, config.seed, resumed_from or 0, config.hflip
+    )
     steps_per_epoch = math.ceil(splits.train_examples / global_batch)
     total_steps = config.epochs * steps_per_epoch
     if config.steps:
