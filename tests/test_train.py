@@ -92,11 +92,14 @@ def test_run_writes_config_model_metrics_and_learns(tmp_path):
     assert saved["test_accuracy"] > 0.9  # Chance is 0.1: the model learned the synthetic classes.
     assert sum(map(sum, saved["confusion_matrix"])) == 200
     assert not (workdir / "backup").exists()
+    served = tf.saved_model.load(str(workdir / "saved_model")).signatures["serve_uint8"]
+    served_logits = served(images=tf.constant(synthetic_arrays().x_test))["logits"].numpy()
     # model.keras is the best-validation model, and test metrics were computed with it.
     model = keras.saving.load_model(workdir / "model.keras")
     data = synthetic_arrays()
     logits = model.predict(data.x_test.astype("float32") / 255, verbose=0)
     np.testing.assert_allclose((logits.argmax(1) == data.y_test).mean(), saved["test_accuracy"])
+    np.testing.assert_allclose(served_logits, logits, atol=1e-5)  # The run's export is that same model.
 
 
 def test_finished_run_is_never_overwritten(tmp_path):

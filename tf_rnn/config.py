@@ -35,22 +35,22 @@ class TrainConfig:
     cell: str = _field("lstm", "recurrent cell", CELL_CHOICES)
     layers: int = _field(2, "number of stacked recurrent layers")
     units: int = _field(128, "units per recurrent layer")
-    dropout: float = _field(0.2, "dropout between layers and on the RNN output (never inside the recurrence)")
+    dropout: float = _field(0.25, "dropout between layers and on the RNN output (never inside the recurrence)")
     activation: str = _field("tanh", "recurrent activation (softsign gives up cuDNN on GPUs)", ACTIVATION_CHOICES)
     optimizer: str = _field("adam", "optimizer", OPTIMIZER_CHOICES)
     lr: float = _field(2e-3, "peak learning rate")
     lr_schedule: str = _field("cosine", "learning-rate schedule over the whole run", SCHEDULE_CHOICES)
     l1: float = _field(0.0, "L1 factor on recurrent-layer kernels")
     l2: float = _field(0.0, "L2 factor on recurrent-layer kernels")
-    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy targets")
+    label_smoothing: float = _field(0.1, "label smoothing of the cross-entropy targets")
     augment: str = _field(
         "auto", "training augmentation: hflip mirrors images (right for clothes, not digits); auto = hflip on "
         "fashion_mnist only", AUGMENT_CHOICES
     )
     batch_size: int = _field(128, "batch size per replica (global batch = this x replicas)")
-    epochs: int = _field(15, "epochs (overrides the preset's budget)")
+    epochs: int = _field(20, "epochs (overrides the preset's budget)")
     steps: Optional[int] = _field(None, "cap on total training steps (the seed preset: 781)")
-    early_stopping_patience: int = _field(0, "stop after this many epochs without validation gain (0: off)")
+    early_stopping_patience: int = _field(5, "stop after this many epochs without validation gain (0: off)")
     validation_split: float = _field(0.1, "fraction of the training set held out for validation")
     seed: int = _field(0, "random seed: the same command twice gives the same metrics on a CPU")
     strategy: str = _field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
@@ -187,7 +187,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
     """Prints one `error:` line and exits (no traceback for the user's mistakes)."""
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "tf_rnn"
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    prog = f"python -m {spec.name}" if spec else Path(sys.argv[0] or "tf_rnn").name
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 

@@ -24,6 +24,7 @@ MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"  # Keras BackupAndRestore state; removed once metrics.json is written.
 TRAIN_STATE_FILE = "train_state.json"  # Best-model / early-stopping state, kept beside the backup.
 TENSORBOARD_DIR = "tensorboard"
+EXPORT_DIR = "saved_model"  # Portable SavedModel of the best model (tf_rnn.export).
 
 
 class RunError(Exception):
@@ -284,6 +285,7 @@ def train_and_evaluate(
     import tensorflow as tf
 
     from tf_rnn.distribute import get_strategy
+    from tf_rnn.export import export_saved_model
     from tf_rnn.models import build_model
 
     workdir = Path(workdir)
@@ -371,6 +373,9 @@ def train_and_evaluate(
         keras_version=keras.__version__,
     )
     write_test_summaries(tb_dir, metrics, cm, step=epochs_done)
+    # An export left by an attempt that died before metrics.json is this run's own, unfinished: replace it.
+    shutil.rmtree(workdir / EXPORT_DIR, ignore_errors=True)
+    export_saved_model(best_model, workdir / EXPORT_DIR, config.dataset)
     write_json(workdir / METRICS_FILE, metrics)
     shutil.rmtree(workdir / BACKUP_DIR, ignore_errors=True)
     print(
