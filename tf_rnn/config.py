@@ -21,45 +21,56 @@ SEED_TRAINING_ITERS = 100_000
 SEED_STEPS = (SEED_TRAINING_ITERS - 1) // 128
 
 
-def _field(default, help: str, choices=None, flag: bool = True):
+def flag_field(default, help: str, choices=None, flag: bool = True):
+    """A config field that becomes `--field-name` on the command line."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 
 
+class JobConfig:
+    """What every job's frozen config dataclass shares: choice checks and a JSON-ready dict."""
+
+    def check_choices(self) -> None:
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f.name, value, f"choose one of: {', '.join(choices)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JobConfig):
     """Everything that defines a training run. Written to `config.json` and TensorBoard's HParams."""
 
-    preset: str = _field("default", "recipe the other flags start from", ("seed", "default"))
-    dataset: str = _field("mnist", "dataset to train on", DATASET_CHOICES)
-    data_dir: Optional[str] = _field(None, "folder with the four IDX files or the .npz (else: see README)")
-    cell: str = _field("lstm", "recurrent cell", CELL_CHOICES)
-    layers: int = _field(2, "number of stacked recurrent layers")
-    units: int = _field(128, "units per recurrent layer")
-    dropout: float = _field(0.25, "dropout between layers and on the RNN output (never inside the recurrence)")
-    activation: str = _field("tanh", "recurrent activation (softsign gives up cuDNN on GPUs)", ACTIVATION_CHOICES)
-    optimizer: str = _field("adam", "optimizer", OPTIMIZER_CHOICES)
-    lr: float = _field(2e-3, "peak learning rate")
-    lr_schedule: str = _field("cosine", "learning-rate schedule over the whole run", SCHEDULE_CHOICES)
-    l1: float = _field(0.0, "L1 factor on recurrent-layer kernels")
-    l2: float = _field(0.0, "L2 factor on recurrent-layer kernels")
-    label_smoothing: float = _field(0.1, "label smoothing of the cross-entropy targets")
-    augment: str = _field(
+    preset: str = flag_field("default", "recipe the other flags start from", ("seed", "default"))
+    dataset: str = flag_field("mnist", "dataset to train on", DATASET_CHOICES)
+    data_dir: Optional[str] = flag_field(None, "folder with the four IDX files or the .npz (else: see README)")
+    cell: str = flag_field("lstm", "recurrent cell", CELL_CHOICES)
+    layers: int = flag_field(2, "number of stacked recurrent layers")
+    units: int = flag_field(128, "units per recurrent layer")
+    dropout: float = flag_field(0.25, "dropout between layers and on the RNN output (never inside the recurrence)")
+    activation: str = flag_field("tanh", "recurrent activation (softsign gives up cuDNN on GPUs)", ACTIVATION_CHOICES)
+    optimizer: str = flag_field("adam", "optimizer", OPTIMIZER_CHOICES)
+    lr: float = flag_field(2e-3, "peak learning rate")
+    lr_schedule: str = flag_field("cosine", "learning-rate schedule over the whole run", SCHEDULE_CHOICES)
+    l1: float = flag_field(0.0, "L1 factor on recurrent-layer kernels")
+    l2: float = flag_field(0.0, "L2 factor on recurrent-layer kernels")
+    label_smoothing: float = flag_field(0.1, "label smoothing of the cross-entropy targets")
+    augment: str = flag_field(
         "auto", "training augmentation: hflip mirrors images (right for clothes, not digits); auto = hflip on "
         "fashion_mnist only", AUGMENT_CHOICES
     )
-    batch_size: int = _field(128, "batch size per replica (global batch = this x replicas)")
-    epochs: int = _field(20, "epochs (overrides the preset's budget)")
-    steps: Optional[int] = _field(None, "cap on total training steps (the seed preset: 781)")
-    early_stopping_patience: int = _field(5, "stop after this many epochs without validation gain (0: off)")
-    validation_split: float = _field(0.1, "fraction of the training set held out for validation")
-    seed: int = _field(0, "random seed: the same command twice gives the same metrics on a CPU")
-    strategy: str = _field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
+    batch_size: int = flag_field(128, "batch size per replica (global batch = this x replicas)")
+    epochs: int = flag_field(20, "epochs (overrides the preset's budget)")
+    steps: Optional[int] = flag_field(None, "cap on total training steps (the seed preset: 781)")
+    early_stopping_patience: int = flag_field(5, "stop after this many epochs without validation gain (0: off)")
+    validation_split: float = flag_field(0.1, "fraction of the training set held out for validation")
+    seed: int = flag_field(0, "random seed: the same command twice gives the same metrics on a CPU")
+    strategy: str = flag_field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("choices") and value not in f.metadata["choices"]:
-                raise ConfigError(f.name, value, f"choose one of: {', '.join(f.metadata['choices'])}")
+        self.check_choices()
         positive = ("layers", "units", "batch_size", "epochs")
         for name in positive:
             if getattr(self, name) < 1:
@@ -83,8 +94,6 @@ class TrainConfig:
         """Whether training mirrors images: `auto` only for Fashion-MNIST, where left-right is no class cue."""
         return self.augment == "hflip" or (self.augment == "auto" and self.dataset == "fashion_mnist")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,123 @@
+"""tf_rnn.tune: the HyperModel, a tiny search's outputs, resuming, and refusing to mix searches."""
+
+import csv
+import json
+
+import keras
+import keras_tuner as kt
+import pytest
+
+from conftest import synthetic_arrays
+from tf_rnn import train, tune
+from tf_rnn.config import ConfigError
+from tf_rnn.layers import StackedRNN
+
+TINY = dict(tuner="random", max_trials=2, epochs=2, final_epochs=1, early_stopping_patience=1, validation_split=0.2)
+
+
+def hypermodel(**overrides):
+    return tune._hypermodel_class()(tune.TuneConfig(**{**TINY, **overrides}).base_config(), synthetic_arrays())
+
+
+def rnn_of(model) -> StackedRNN:
+    return model.get_layer("rnn")
+
+
+def test_build_with_default_hyperparameters_uses_build_model():
+    hp = kt.HyperParameters()
+    model = hypermodel().build(hp)
+    rnn = rnn_of(model)
+    # Defaults: the first choice / the minimum of each range.
+    assert (rnn.cell, rnn.units, rnn.dropout, rnn.activation, rnn.l2) == ("lstm", [64], 0.0, "tanh", 0.0)
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert set(hp.values) == set(tune.SEARCH_SPACE)  # build only samples the model's settings; fit samples the batch.
+
+
+def test_build_with_fixed_overrides():
+    hp = kt.HyperParameters()
+    for name, value in dict(cell="gru", layers=3, units=32, dropout=0.3, optimizer="nesterov", lr=0.05,
+                            activation="softsign", l2=1e-3).items():
+        hp.Fixed(name, value)
+    with pytest.warns(UserWarning, match="cuDNN"):
+        model = hypermodel().build(hp)
+    rnn = rnn_of(model)
+    assert (rnn.cell, rnn.units, rnn.dropout, rnn.activation, rnn.l2) == ("gru", [32, 32, 32], 0.3, "softsign", 1e-3)
+    assert isinstance(model.optimizer, keras.optimizers.SGD) and model.optimizer.nesterov
+
+
+class CountFits(keras.callbacks.Callback):
+    """Counts trial fits; keras-tuner deep-copies callbacks per trial, so the count lives on the class."""
+
+    fits = 0
+    interrupt_at = None
+
+    def on_train_begin(self, logs=None):
+        CountFits.fits += 1
+        if CountFits.fits == CountFits.interrupt_at:
+            raise KeyboardInterrupt  # As if the search were killed in the middle of this trial.
+
+
+def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path):
+    workdir = tmp_path / "s"
+    result = tune.tune_and_evaluate(tune.TuneConfig(**TINY), workdir, datasets=synthetic_arrays())
+    with (workdir / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and [r["rank"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["val_accuracy"]) >= float(rows[1]["val_accuracy"])
+    assert {"cell", "layers", "units", "optimizer", "lr", "batch_size", "activation", "l2", "dropout"} <= set(rows[0])
+    best = json.loads((workdir / "best_config.json").read_text())
+    assert best["cell"] == rows[0]["cell"] and best["batch_size"] == int(rows[0]["batch_size"])
+    config, _ = train.parse_flags(["--config", str(workdir / "best_config.json")])  # train accepts it.
+    assert config.to_dict() == best
+    metrics = json.loads((workdir / "best_run" / "metrics.json").read_text())
+    assert metrics["test_examples"] == 200 and result["test_accuracy"] == metrics["test_accuracy"]
+    assert (workdir / "best_run" / "saved_model" / "saved_model.pb").exists()
+    # One TensorBoard run per trial, each with its HParams summary.
+    trial_dirs = [d for d in (workdir / "tensorboard").iterdir() if d.is_dir()]
+    assert len(trial_dirs) == 2
+    for d in trial_dirs:
+        assert any(b"hparams" in f.read_bytes() for f in d.rglob("events.out.tfevents.*"))
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
+    workdir, settings = tmp_path / "s", tune.TuneConfig(**TINY)
+    CountFits.fits, CountFits.interrupt_at = 0, 2
+    with pytest.raises(KeyboardInterrupt):
+        tune.tune_and_evaluate(settings, workdir, datasets=synthetic_arrays(), extra_callbacks=[CountFits()])
+    first = {t.trial_id: t.score for t in tune.make_tuner(settings, workdir, synthetic_arrays()).oracle.trials.values()
+             if t.status == "COMPLETED"}
+    assert len(first) == 1
+    CountFits.fits, CountFits.interrupt_at = 0, None
+    result = tune.tune_and_evaluate(settings, workdir, datasets=synthetic_arrays(), extra_callbacks=[CountFits()])
+    assert CountFits.fits == 1 and result["finished_trials"] == 2  # Only the interrupted trial ran again.
+    with (workdir / "trials.csv").open() as f:
+        rows = {r["trial"]: float(r["val_accuracy"]) for r in csv.DictReader(f)}
+    (trial_id, score), = first.items()
+    assert rows[trial_id] == pytest.approx(score, abs=1e-4)  # The finished trial's result was kept.
+
+
+def test_other_settings_are_refused_until_overwrite(tmp_path, capsys):
+    workdir = tmp_path / "s"
+    workdir.mkdir()
+    (workdir / tune.TUNE_CONFIG_FILE).write_text(json.dumps(tune.TuneConfig(**TINY).to_dict()))
+    other = tune.TuneConfig(**{**TINY, "max_trials": 5})
+    with pytest.raises(ConfigError, match=r"other settings \(max_trials: 2 -> 5\).*--overwrite"):
+        tune.check_workdir(other, workdir, overwrite=False)
+    tune.check_workdir(other, workdir, overwrite=True)
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--workdir", str(workdir), "--max-trials", "5", "--tuner", "random", "--epochs", "2",
+                   "--final-epochs", "1", "--early-stopping-patience", "1", "--validation-split", "0.2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--overwrite" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tuner", "grid"], "invalid choice: 'grid'"),
+    (["--max-trials", "0"], "--max-trials 0: must be >= 1"),
+    ([], "the following arguments are required: --workdir"),
+])
+def test_bad_flags(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        tune.main(argv + (["--workdir", str(tmp_path / "w")] if argv else []))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1
