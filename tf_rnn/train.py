@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import math
@@ -71,6 +72,11 @@ def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
     write_json(saved, config.to_dict())
 
 
+def optimizer_steps(model) -> int:
+    """Optimizer steps so far. `.numpy()` also reads the MirroredVariable that multi-worker training makes."""
+    return int(model.optimizer.iterations.numpy())
+
+
 def finished_epochs_in_backup(workdir: Path) -> int | None:
     """The number of finished epochs recorded by BackupAndRestore, or None when there is no backup."""
     meta = workdir / BACKUP_DIR / "training_metadata.json"
@@ -94,9 +100,9 @@ def _callbacks():
         JSON file next to the BackupAndRestore state.
         """
 
-        def __init__(self, model_path: Path, state_path: Path, patience: int, monitor: str = "val_accuracy"):
+        def __init__(self, model_path: Path, state_path: Path, patience: int, monitor="val_accuracy", save=True):
             super().__init__()
-            self.model_path, self.state_path = model_path, state_path
+            self.model_path, self.state_path, self.save = model_path, state_path, save
             self.patience, self.monitor = patience, monitor
             self.state = {"best": -math.inf, "best_epoch": None, "wait": 0}
 
@@ -106,19 +112,21 @@ def _callbacks():
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(self.monitor)
-            if value is None:  # No validation set: the latest model is the one to keep.
+            improved = value is None or value > self.state["best"]  # No validation set: keep the latest model.
+            if improved and self.save:
                 self.model.save(self.model_path)
+            if value is None:
                 self.state.update(best_epoch=epoch + 1)
-            elif value > self.state["best"]:
-                self.model.save(self.model_path)
+            elif improved:
                 self.state.update(best=float(value), best_epoch=epoch + 1, wait=0)
             else:
                 self.state["wait"] += 1
                 if self.patience and self.state["wait"] >= self.patience:
                     print(f"\nEarly stopping: no {self.monitor} gain for {self.patience} epochs.")
                     self.model.stop_training = True
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(self.state_path, self.state)
+            if self.save:
+                self.state_path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(self.state_path, self.state)
 
     class StepBudget(keras.callbacks.Callback):
         """Stops after `max_steps` optimizer steps in total (counted by the optimizer, so it survives a resume)."""
@@ -128,7 +136,7 @@ def _callbacks():
             self.max_steps = max_steps
 
         def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.optimizer.iterations) >= self.max_steps:
+            if optimizer_steps(self.model) >= self.max_steps:
                 self.model.stop_training = True
 
     class NaNGuard(keras.callbacks.Callback):
@@ -141,7 +149,7 @@ def _callbacks():
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
-                self.bad_step = int(self.model.optimizer.iterations)
+                self.bad_step = optimizer_steps(self.model)
                 self.model.stop_training = True
 
     class Throughput(keras.callbacks.Callback):
@@ -244,6 +252,14 @@ def write_test_summaries(logdir: Path, metrics: dict, cm: np.ndarray, step: int)
 # --- the job ------------------------------------------------------------------------------------------------------
 
 
+def weights_digest(model) -> str:
+    """SHA-256 of all weights' bytes: equal digests mean bit-identical models (multi-worker checks use it)."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
 def evaluate_once(model, test_ds) -> tuple[dict, np.ndarray]:
     """One pass over the test set: loss, accuracy and confusion matrix from the same logits."""
     logits, labels = [], []
@@ -284,17 +300,19 @@ def train_and_evaluate(
     import keras
     import tensorflow as tf
 
-    from tf_rnn.distribute import get_strategy
+    from tf_rnn.distribute import barrier, fit_custom_loop, get_strategy, is_chief, needs_custom_loop
     from tf_rnn.export import export_saved_model
     from tf_rnn.models import build_model
 
     workdir = Path(workdir)
-    prepare_workdir(config, workdir)
+    # First: a multi-worker strategy must configure the TF runtime before anything else touches it.
+    strategy = strategy or get_strategy(config.strategy)
+    chief = is_chief(strategy)  # Only the chief writes files; the other workers train in lock-step.
+    if chief:
+        prepare_workdir(config, workdir)
     keras.utils.set_random_seed(config.seed)
     # Bit-identical reruns on a CPU (same seed, same metrics.json); costs little for RNNs on CPU.
     tf.config.experimental.enable_op_determinism()
-
-    strategy = strategy or get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if datasets is None:
         datasets = data.load(config.dataset, config.data_dir)
@@ -319,36 +337,55 @@ def train_and_evaluate(
     tb_dir = workdir / TENSORBOARD_DIR
     if resumed_from is not None:
         print(f"Resuming from epoch {resumed_from}")
-    else:
+    elif chief:
         write_run_header(tb_dir, config, model)
     nan_guard = NaNGuard()
     throughput = Throughput(global_batch, splits.train_examples, steps_per_epoch)
-    best = BestModel(workdir / MODEL_FILE, workdir / BACKUP_DIR / TRAIN_STATE_FILE, config.early_stopping_patience)
+    # Every worker tracks the best epoch (early stopping must stop all of them at once); only the chief saves.
+    best = BestModel(
+        workdir / MODEL_FILE, workdir / BACKUP_DIR / TRAIN_STATE_FILE, config.early_stopping_patience, save=chief
+    )
+    backup = keras.callbacks.BackupAndRestore(str(workdir / BACKUP_DIR), delete_checkpoint=False)
+    if not chief:
+        # Workers restore from the chief's backup (same --workdir, shared storage across machines) but never write.
+        backup._save_model = lambda: None
     callbacks = [
         # Order matters: the backup must be restored before BestModel reads its state and before the budget runs.
-        keras.callbacks.BackupAndRestore(str(workdir / BACKUP_DIR), delete_checkpoint=False),
+        backup,
         nan_guard,
         throughput,
         StepBudget(total_steps),
         best,
-        keras.callbacks.TensorBoard(str(tb_dir), histogram_freq=1, write_graph=True),
+        *([keras.callbacks.TensorBoard(str(tb_dir), histogram_freq=1, write_graph=True)] if chief else []),
+        *extra_callbacks,
     ]
     start = time.perf_counter()
-    history = model.fit(
-        splits.train,
-        validation_data=splits.validation,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        shuffle=False,  # The stream is already shuffled per epoch (see data.training_stream).
-        callbacks=callbacks + list(extra_callbacks),
-        verbose="auto",
-    )
+    if needs_custom_loop(strategy):
+        history = fit_custom_loop(
+            model, strategy, splits.train, splits.validation,
+            epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+        )
+    else:
+        history = model.fit(
+            splits.train,
+            validation_data=splits.validation,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            shuffle=False,  # The stream is already shuffled per epoch (see data.training_stream).
+            callbacks=callbacks,
+            verbose="auto",
+        )
     train_seconds = time.perf_counter() - start
     if nan_guard.bad_step is not None:
         raise RunError(
             f"loss became NaN at step {nan_guard.bad_step}; lower --lr (now {config.lr:g}) or add --l2, then rerun "
             f"with a new --workdir (the best model so far is in {workdir / MODEL_FILE})"
         )
+    if not chief:
+        digest = weights_digest(model)
+        print(f"worker finished {optimizer_steps(model)} steps; weights sha256 {digest}")
+        barrier(strategy)
+        return {"weights_sha256": digest, "chief": False}
 
     best_model = keras.saving.load_model(workdir / MODEL_FILE)
     metrics, cm = evaluate_once(best_model, splits.test)
@@ -357,7 +394,7 @@ def train_and_evaluate(
         dataset=config.dataset,
         preset=config.preset,
         epochs=epochs_done,
-        steps=int(model.optimizer.iterations),
+        steps=optimizer_steps(model),
         best_epoch=best.state["best_epoch"],
         best_validation_accuracy=None if best.state["best"] == -math.inf else best.state["best"],
         validation_examples=splits.validation_examples,
@@ -365,6 +402,8 @@ def train_and_evaluate(
         train_seconds=round(train_seconds, 2),
         train_samples_per_second=throughput.samples_per_second and round(throughput.samples_per_second, 1),
         num_replicas_in_sync=replicas,
+        weights_sha256=weights_digest(model),
+        history={k: [round(float(v), 6) for v in vs] for k, vs in history.history.items()},
         global_batch_size=global_batch,
         strategy=config.strategy,
         resumed_from_epoch=resumed_from,
@@ -378,6 +417,7 @@ def train_and_evaluate(
     export_saved_model(best_model, workdir / EXPORT_DIR, config.dataset)
     write_json(workdir / METRICS_FILE, metrics)
     shutil.rmtree(workdir / BACKUP_DIR, ignore_errors=True)
+    barrier(strategy)
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
         f"{metrics['test_examples']} images; {epochs_done} epochs in {train_seconds:.0f}s; wrote {workdir}"
