@@ -118,7 +118,8 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
         verbose=verbose, epochs=epochs, steps=steps_per_epoch,
     )
     model.stop_training = False
-    cbs.on_train_begin()
+    with strategy.scope():  # Restoring a backup builds the optimizer's slots: they must be distributed too.
+        cbs.on_train_begin()
     initial_epoch = getattr(model, "_initial_epoch", None) or 0  # Set by BackupAndRestore when resuming.
     iterator = iter(dist_train)
     logs = {}
