@@ -148,3 +148,10 @@ def test_multi_worker_run_killed_and_restarted_as_a_whole_resumes(tmp_path, fash
     metrics = json.loads((tmp_path / "chief" / "run" / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 1 and metrics["epochs"] == 2 and metrics["steps"] == 400
     assert f"weights sha256 {metrics['weights_sha256']}" in log
+
+
+def test_gpu_check_says_plainly_when_there_is_no_gpu(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tf_rnn.gpu_check", "--workdir", str(tmp_path / "g")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 1 and "error: no GPU visible to TensorFlow" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "g").exists()
