@@ -1,0 +1,1 @@
+"""Benchmarks: training throughput against other LSTM implementations, and serving latency. Ratios, not times."""

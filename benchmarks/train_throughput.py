@@ -1,0 +1,210 @@
+"""Training throughput of the seed's model (1×LSTM(128), batch 128, Adam 1e-3, 28 steps) on real Fashion-MNIST.
+
+    python -m benchmarks.train_throughput [--only NAME] [--repeats 3] [--steps 150] [--json OUT]
+
+Contenders, each measured in its own fresh process (TensorFlow's and PyTorch's thread pools never share one),
+alternating round-robin so that a noisy neighbour hurts all of them alike:
+
+- `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`;
+- `keras_lstm`   — a stock `keras.layers.LSTM(128)` + `Dense(10)` model, `fit` on NumPy arrays;
+- `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`);
+- `pytorch`      — `torch.nn.LSTM` + `Linear`, a plain training loop (skipped when torch is not installed:
+                   `pip install -e ".[bench]"`).
+
+Reported: steady-state samples/s (after `--warmup` steps), median over `--repeats`, the ratio to PyTorch, peak
+RSS of each process, and achieved GFLOP/s against a float32 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# Forward: 28 steps × 2·(28 + 128)·(4·128) FLOP; backward ≈ 2× forward: 13.4 MFLOP per sample per training step.
+FLOP_PER_SAMPLE = 3 * 28 * 2 * (28 + 128) * 4 * 128
+BATCH = 128
+CONTENDERS = ("tf_rnn", "keras_lstm", "legacy_port", "pytorch")
+
+
+def _data():
+    from tf_rnn import data
+
+    arrays = data.load("fashion_mnist")
+    return arrays.x_train, arrays.y_train
+
+
+def _timed(step, warmup: int, steps: int) -> float:
+    """Runs `step(i)` warmup + steps times; samples/s over the last `steps`."""
+    for i in range(warmup):
+        step(i)
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def run_tf_rnn(warmup, steps, keras_stock=False):
+    import keras
+
+    x, y = _data()
+    if keras_stock:
+        model = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(128), keras.layers.Dense(10)])
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        fit = dict(x=x.astype("float32") / 255, y=y, batch_size=BATCH)
+    else:
+        from tf_rnn import data
+        from tf_rnn.config import resolve
+        from tf_rnn.models import build_model
+
+        model = build_model(resolve("seed"))
+        fit = dict(x=data.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH)
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == warmup:
+                self.start = time.perf_counter()
+            elif batch + 1 == warmup + steps:
+                self.rate = steps * BATCH / (time.perf_counter() - self.start)
+                self.model.stop_training = True
+
+    clock = Clock()
+    model.fit(epochs=1, callbacks=[clock], verbose=0, **fit)
+    return clock.rate
+
+
+def run_legacy(warmup, steps):
+    import numpy as np
+    import tensorflow as tf
+
+    from legacy_port import mnist_lstm
+
+    x, y = _data()
+    images, labels = x.astype(np.float32) / 255, np.eye(10, dtype=np.float32)[y]
+    with tf.Graph().as_default():
+        g = mnist_lstm.build_graph()
+        with tf.compat.v1.Session() as sess:
+            sess.run(g.init)
+
+            def step(i):
+                s = slice((i * BATCH) % (len(x) - BATCH), (i * BATCH) % (len(x) - BATCH) + BATCH)
+                sess.run(g.optimizer, {g.x: images[s], g.y: labels[s]})
+
+            return _timed(step, warmup, steps)
+
+
+def run_pytorch(warmup, steps):
+    import numpy as np
+    import torch
+
+    x, y = _data()
+    images, labels = torch.from_numpy(x.astype(np.float32) / 255), torch.from_numpy(y)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.out = torch.nn.LSTM(28, 128, batch_first=True), torch.nn.Linear(128, 10)
+
+        def forward(self, images):
+            return self.out(self.lstm(images)[0][:, -1])
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(i):
+        s = slice((i * BATCH) % (len(x) - BATCH), (i * BATCH) % (len(x) - BATCH) + BATCH)
+        opt.zero_grad()
+        loss_fn(net(images[s]), labels[s]).backward()
+        opt.step()
+
+    return _timed(step, warmup, steps)
+
+
+def matmul_peak_gflops() -> float:
+    """float32 matmul peak of this machine now, through TensorFlow (the library the LSTMs run on)."""
+    import tensorflow as tf
+
+    a = tf.random.normal([2048, 2048])
+    tf.linalg.matmul(a, a).numpy()
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, a).numpy()
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def worker(name: str, warmup: int, steps: int) -> None:
+    """Runs one measurement in this process and prints it as JSON on the last line."""
+    import resource
+
+    if name == "pytorch":
+        rate = run_pytorch(warmup, steps)
+    elif name == "legacy_port":
+        rate = run_legacy(warmup, steps)
+    elif name == "peak":
+        rate = matmul_peak_gflops()
+    else:
+        rate = run_tf_rnn(warmup, steps, keras_stock=name == "keras_lstm")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb}))
+
+
+def measure(name: str, warmup: int, steps: int) -> dict | None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--worker", name,
+                          "--warmup", str(warmup), "--steps", str(steps)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        reason = (out.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  {name}: skipped ({reason})", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=CONTENDERS, action="append", help="measure only these (repeatable)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--json", help="write {name: samples_per_s} here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.warmup, args.steps)
+        return 0
+    names = args.only or list(CONTENDERS)
+    results: dict[str, list] = {n: [] for n in names}
+    peaks = []
+    for r in range(args.repeats):
+        for name in names:  # Round-robin: the machine's mood drifts; each contender gets every part of it.
+            m = measure(name, args.warmup, args.steps)
+            if m:
+                results[name].append(m)
+                print(f"  repeat {r + 1}: {name:12s} {m['rate']:8.0f} samples/s", file=sys.stderr)
+        peaks.append(measure("peak", 0, 0)["rate"])
+    peak = statistics.median(peaks)
+    medians = {n: statistics.median(m["rate"] for m in ms) for n, ms in results.items() if ms}
+    reference = medians.get("pytorch")
+    print(f"\nmatmul peak (float32, 2048², TensorFlow): {peak:.0f} GFLOP/s; GEMM bound for this model: "
+          f"{peak * 1e9 / FLOP_PER_SAMPLE:,.0f} samples/s")
+    print(f"{'contender':12s} {'samples/s':>10s} {'vs pytorch':>10s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS':>9s}")
+    for name, rate in medians.items():
+        ratio = f"{rate / reference:.2f}x" if reference else "n/a"
+        gflops = rate * FLOP_PER_SAMPLE / 1e9
+        rss = max(m["rss_mb"] for m in results[name])
+        print(f"{name:12s} {rate:10,.0f} {ratio:>10s} {gflops:8.1f} {gflops / peak:8.1%} {rss:7.0f}MB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({n: round(v, 1) for n, v in medians.items()}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
