@@ -73,6 +73,7 @@ def test_missing_data_is_one_line_exit_1(tmp_path, capsys, isolated_data_env, mo
         train.main(["--dataset", "fashion_mnist", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.count("\n") == 1 and "fashion_mnist not found in" in err
+    assert not (tmp_path / "w").exists()  # A run that could not start leaves nothing behind.
 
 
 # --- a run's outputs ------------------------------------------------------------------------------------------
