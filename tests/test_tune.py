@@ -121,3 +121,31 @@ def test_bad_flags(argv, message, capsys, tmp_path):
         tune.main(argv + (["--workdir", str(tmp_path / "w")] if argv else []))
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_search_killed_with_sigkill_resumes_through_the_cli(tmp_path, fashion_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 600 training images (validation_split 0.99) keep each trial to seconds; the search is still real data.
+    cmd = [sys.executable, "-m", "tf_rnn.tune", "--tuner", "random", "--max-trials", "2", "--epochs", "1",
+           "--final-epochs", "1", "--validation-split", "0.99", "--dataset", "fashion_mnist",
+           "--data-dir", str(fashion_dir), "--workdir", str(tmp_path / "s")]
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 600
+        while b"Search: Running Trial #2" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Running Trial #1" not in again.stdout and "Trial 2 Complete" in again.stdout  # Trial 1 was kept.
+    with (tmp_path / "s" / "trials.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
