@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from legacy_port.basic_lstm_cell import BasicLSTMCell
 from tf_rnn import data as tf_rnn_data
+from tf_rnn.config import OneLineParser
 
 v1 = tf.compat.v1
 
@@ -117,7 +118,7 @@ def evaluate(sess, g, images: np.ndarray, labels: np.ndarray, chunk: int = 1000)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m legacy_port.mnist_lstm", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m legacy_port.mnist_lstm", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workdir", required=True)

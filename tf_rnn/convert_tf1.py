@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tf_rnn.config import fail, resolve
+from tf_rnn.config import OneLineParser, fail, resolve
 
 KERNEL, BIAS = "rnn/basic_lstm_cell/kernel", "rnn/basic_lstm_cell/bias"
 # The port names the output layer; the seed's own unnamed tf.Variables were saved as Variable / Variable_1.
@@ -88,7 +87,7 @@ def convert(checkpoint: str | Path, forget_bias: float = 1.0):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_rnn.convert_tf1", description=__doc__)
+    parser = OneLineParser(prog="python -m tf_rnn.convert_tf1", description=__doc__)
     parser.add_argument("checkpoint", help="TF1 checkpoint folder (with a 'checkpoint' file) or prefix")
     parser.add_argument("--out", required=True, help="the .keras file to write")
     parser.add_argument("--forget-bias", type=float, default=1.0, help="the forget_bias the TF1 cell used")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
 from pathlib import Path
 
-from tf_rnn.config import fail
+from tf_rnn.config import OneLineParser, fail
 from tf_rnn.data import IMAGE_SHAPE
 
 METADATA = "assets.extra/tf_rnn.json"  # Read by tf_rnn.predict; TF Serving ignores assets.extra.
@@ -107,7 +106,7 @@ def saved_model_op_types(export_dir: str | Path) -> set[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_rnn.export", description=__doc__)
+    parser = OneLineParser(prog="python -m tf_rnn.export", description=__doc__)
     parser.add_argument("model", help="a .keras file written by tf_rnn.train (its model.keras)")
     parser.add_argument("--out", required=True, help="SavedModel folder to create (must not exist)")
     parser.add_argument("--dataset", choices=sorted(CLASS_NAMES), default=None,

@@ -9,9 +9,10 @@ It prints one line per check and exits non-zero when any fails.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from tf_rnn.config import OneLineParser
 
 
 def traced_ops(model) -> set[str]:
@@ -25,7 +26,7 @@ def traced_ops(model) -> set[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_rnn.gpu_check", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m tf_rnn.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist", choices=["mnist", "fashion_mnist"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workdir", required=True, help="a new folder for the check's training run")

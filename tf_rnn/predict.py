@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_rnn.config import fail
+from tf_rnn.config import OneLineParser, fail
 from tf_rnn.data import IMAGE_SHAPE, IMAGES_MAGIC
 from tf_rnn.export import METADATA
 
@@ -80,7 +79,7 @@ def read_images(path: Path) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_rnn.predict", description=__doc__)
+    parser = OneLineParser(prog="python -m tf_rnn.predict", description=__doc__)
     parser.add_argument("model_dir", help="an exported SavedModel (tf_rnn.export, or a run's saved_model/)")
     parser.add_argument("files", nargs="+", help="PNG (28x28 grayscale), .npy/.npz, IDX image files")
     parser.add_argument("--batch-size", type=int, default=256)
