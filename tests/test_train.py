@@ -60,8 +60,10 @@ def test_flags_override_preset_and_config_file(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(saved))
     config, workdir = train.parse_flags(["--config", str(tmp_path / "c.json"), "--lr", "0.5", "--workdir", "w"])
     assert (config.preset, config.units, config.lr, config.steps, str(workdir)) == ("seed", 64, 0.5, 781, "w")
-    config, _ = train.parse_flags(["--preset", "seed", "--epochs", "4"])
-    assert (config.layers, config.dropout, config.epochs, config.steps) == (1, 0.0, 4, 781)
+    config, _ = train.parse_flags(["--preset", "seed", "--epochs", "4"])  # --epochs replaces the 781-step budget.
+    assert (config.layers, config.dropout, config.epochs, config.steps) == (1, 0.0, 4, None)
+    config, _ = train.parse_flags(["--preset", "seed", "--epochs", "4", "--steps", "100"])
+    assert (config.epochs, config.steps) == (4, 100)
     assert train.parse_flags([])[0] == TrainConfig()
 
 

@@ -62,7 +62,7 @@ class TrainConfig(JobConfig):
         "fashion_mnist only", AUGMENT_CHOICES
     )
     batch_size: int = flag_field(128, "batch size per replica (global batch = this x replicas)")
-    epochs: int = flag_field(20, "epochs (overrides the preset's budget)")
+    epochs: int = flag_field(20, "epochs; given as a flag it replaces the preset's budget, --steps included")
     steps: Optional[int] = flag_field(None, "cap on total training steps (the seed preset: 781)")
     early_stopping_patience: int = flag_field(5, "stop after this many epochs without validation gain (0: off)")
     validation_split: float = flag_field(0.1, "fraction of the training set held out for validation")
@@ -127,6 +127,8 @@ def resolve(preset: str = "default", file_values: dict | None = None, overrides:
         raise ConfigError("preset", preset, f"choose one of: {', '.join(PRESETS)}")
     values.update(PRESETS[preset], preset=preset)
     values.update(file_values)
+    if "epochs" in overrides and "steps" not in overrides:
+        values["steps"] = None  # --epochs replaces the budget (the seed preset's is a step count), not adds a cap.
     values.update(overrides)
     return TrainConfig(**values)
 
