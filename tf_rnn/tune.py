@@ -145,7 +145,8 @@ def trial_rows(tuner) -> list[dict]:
         if trial.status != "COMPLETED" or trial.score is None:
             continue
         rows.append({"trial": trial.trial_id, "val_accuracy": round(float(trial.score), 4),
-                     "best_epoch": trial.best_step, **trial.hyperparameters.values})
+                     "best_epoch": None if trial.best_step is None else trial.best_step + 1,  # 1-based, as Keras prints
+                     **trial.hyperparameters.values})
     rows.sort(key=lambda r: -r["val_accuracy"])
     return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
 
