@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import idx_bytes, synthetic_arrays
-from tf_rnn import export, predict
+from tf_rnn import export, fused, predict
 from tf_rnn.config import resolve
 from tf_rnn.models import build_model
 
@@ -34,8 +34,10 @@ def images():
 
 def test_export_never_contains_cudnn_ops_even_when_a_gpu_is_seen(model, tmp_path):
     # Make Keras believe a GPU is present, as on a training host: its LSTM would then trace CudnnRNNV3.
+    # (On such a host tf_rnn's fused CPU path is off too, since a GPU is visible.)
     keras_tf_rnn = sys.modules["keras.src.backend.tensorflow.rnn"]
-    with mock.patch.object(keras_tf_rnn, "_is_gpu_available", return_value=True):
+    with mock.patch.object(keras_tf_rnn, "_is_gpu_available", return_value=True), \
+            mock.patch.object(fused, "available", return_value=False):
         traced = tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec([None, 28, 28]))
         graph = traced.graph.as_graph_def()
         traced_ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}

@@ -100,10 +100,28 @@ class StackedRNN(keras.layers.Layer):
             shape = (shape[0], shape[1], rnn.units)
         self.built = True
 
+    def _fused(self, rnn, x) -> bool:
+        """Whether this LSTM runs through tf_rnn.fused: on a CPU host, with a static sequence length, unless the
+        layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the export does)."""
+        if not (isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"):
+            return False
+        if x.shape[1] is None:
+            return False
+        from tf_rnn import fused
+
+        return fused.available()
+
     def call(self, inputs, training=None):
         x = inputs
         for rnn, drop in zip(self.rnns, self.dropouts):
-            x = drop(rnn(x, training=training), training=training)
+            if self._fused(rnn, x):
+                from tf_rnn import fused
+
+                cell = rnn.cell
+                x = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
+            else:
+                x = rnn(x, training=training)
+            x = drop(x, training=training)
         return x
 
     def compute_output_shape(self, input_shape):
