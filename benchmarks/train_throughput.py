@@ -6,6 +6,7 @@ Contenders, each measured in its own fresh process (TensorFlow's and PyTorch's t
 alternating round-robin so that a noisy neighbour hurts all of them alike:
 
 - `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`;
+- `tf_rnn_fused` — the same with `TF_RNN_FUSED=1` (tf_rnn.fused's compiled per-step kernels);
 - `keras_lstm`   — a stock `keras.layers.LSTM(128)` + `Dense(10)` model, `fit` on NumPy arrays;
 - `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`);
 - `pytorch`      — `torch.nn.LSTM` + `Linear`, a plain training loop (skipped when torch is not installed:
@@ -28,7 +29,7 @@ import time
 # Forward: 28 steps × 2·(28 + 128)·(4·128) FLOP; backward ≈ 2× forward: 13.4 MFLOP per sample per training step.
 FLOP_PER_SAMPLE = 3 * 28 * 2 * (28 + 128) * 4 * 128
 BATCH = 128
-CONTENDERS = ("tf_rnn", "keras_lstm", "legacy_port", "pytorch")
+CONTENDERS = ("tf_rnn", "tf_rnn_fused", "keras_lstm", "legacy_port", "pytorch")
 
 
 def _data():
@@ -157,7 +158,7 @@ def worker(name: str, warmup: int, steps: int) -> None:
 
 
 def measure(name: str, warmup: int, steps: int) -> dict | None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_RNN_FUSED": "1" if name == "tf_rnn_fused" else "0"}
     out = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--worker", name,
                           "--warmup", str(warmup), "--steps", str(steps)], capture_output=True, text=True, env=env)
     if out.returncode != 0:

@@ -14,8 +14,16 @@ from tf_rnn.layers import StackedRNN
 from tf_rnn.models import build_model
 
 
-@pytest.fixture(scope="module")
-def kernels():
+@pytest.fixture
+def fresh(monkeypatch):
+    """tf_rnn.fused as a new process would find it, switched on."""
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setenv(fused.ENV_SWITCH, "1")
+
+
+@pytest.fixture
+def kernels(fresh):
     if fused.kernels() is None:
         if os.environ.get("CI"):
             pytest.fail("the fused LSTM kernel did not build in CI (g++ and TensorFlow's headers are needed)")
@@ -52,9 +60,7 @@ def test_stacked_rnn_trains_through_the_fused_path_on_a_cpu(kernels, monkeypatch
     assert not StackedRNN(cell="gru", units=4)(np.ones((1, 28, 28), "float32")) is None and len(calls) == 2
 
 
-def test_falls_back_to_keras_when_the_kernel_cannot_be_built(monkeypatch):
-    monkeypatch.setattr(fused, "_module", None)
-    monkeypatch.setattr(fused, "_tried", False)
+def test_falls_back_to_keras_when_the_kernel_cannot_be_built(fresh, monkeypatch):
     monkeypatch.setattr(fused, "build", lambda: (_ for _ in ()).throw(RuntimeError("no C++ compiler (g++) on PATH")))
     with pytest.warns(UserWarning, match="fused CPU LSTM kernel unavailable .*no C\\+\\+ compiler.*keras.layers.LSTM"):
         assert not fused.available()
@@ -63,10 +69,8 @@ def test_falls_back_to_keras_when_the_kernel_cannot_be_built(monkeypatch):
     np.testing.assert_allclose(rnn(x), rnn.rnns[0](x), atol=1e-6)  # The Keras layer itself computed it.
 
 
-def test_switch_off_with_environment_variable(monkeypatch):
-    monkeypatch.setattr(fused, "_module", None)
-    monkeypatch.setattr(fused, "_tried", False)
-    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+def test_off_unless_switched_on(fresh, monkeypatch):
+    monkeypatch.delenv(fused.ENV_SWITCH)
     assert fused.kernels() is None and not fused.available()
 
 
