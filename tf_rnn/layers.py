@@ -7,6 +7,8 @@ import warnings
 import keras
 from keras import ops
 
+from tf_rnn import fused
+
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
 ACTIVATIONS = ("tanh", "softsign")
 
@@ -101,22 +103,15 @@ class StackedRNN(keras.layers.Layer):
         self.built = True
 
     def _fused(self, rnn, x) -> bool:
-        """Whether this LSTM runs through tf_rnn.fused: on a CPU host, with a static sequence length, unless the
-        layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the export does)."""
-        if not (isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"):
-            return False
-        if x.shape[1] is None:
-            return False
-        from tf_rnn import fused
-
-        return fused.available()
+        """Whether this LSTM runs through tf_rnn.fused: switched on, on a CPU host, with a static sequence length,
+        unless the layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the export does)."""
+        lstm = isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"
+        return lstm and x.shape[1] is not None and fused.available()
 
     def call(self, inputs, training=None):
         x = inputs
         for rnn, drop in zip(self.rnns, self.dropouts):
             if self._fused(rnn, x):
-                from tf_rnn import fused
-
                 cell = rnn.cell
                 x = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
             else:
