@@ -1,7 +1,7 @@
 """Fused: an opt-in CPU LSTM path — TensorFlow's MatMul plus one compiled elementwise kernel per step each way.
 
-Off by default: it compiles C++ on first use (15-60 s, needs g++ and TensorFlow's headers) and bought 5-10%
-training throughput on this project's 2-core CPU (README, Performance). `TF_RNN_FUSED=1` turns it on.
+Off by default: it compiles C++ on first use (15-60 s, needs g++ and TensorFlow's headers), and on this project's
+2-core CPU its throughput was within noise of Keras' LSTM (README, Performance). `TF_RNN_FUSED=1` turns it on.
 """
 
 from __future__ import annotations
