@@ -96,6 +96,12 @@ class TrainConfig(JobConfig):
 
 
 
+def changed_fields(old: dict, new: dict, ignore=()) -> str:
+    """`"units: 16 -> 32, lr: ..."` for the fields that differ between two saved configs; "" when none do."""
+    keys = [k for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k) != new.get(k)]
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
 class ConfigError(ValueError):
     """A config value is out of range. `str()` is one line naming the flag, the value and the fix."""
 

@@ -59,9 +59,8 @@ def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
         new = config.to_dict()
         # The data folder and the strategy may change between attempts without changing the run itself.
         ignored = {"data_dir", "strategy"}
-        diff = [k for k in sorted(set(old) | set(new)) if k not in ignored and old.get(k) != new.get(k)]
-        if diff:
-            changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        changes = config_lib.changed_fields(old, new, ignore=ignored)
+        if changes:
             raise RunError(
                 f"--workdir {workdir} holds an unfinished run with another config ({changes}); "
                 "re-run with the same flags to resume it, or choose a new --workdir"

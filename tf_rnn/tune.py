@@ -172,9 +172,8 @@ def check_workdir(tune: TuneConfig, workdir: Path, overwrite: bool) -> None:
     saved = workdir / TUNE_CONFIG_FILE
     if saved.exists() and not overwrite:
         old, new = json.loads(saved.read_text()), tune.to_dict()
-        diff = [k for k in sorted(set(old) | set(new)) if k != "data_dir" and old.get(k) != new.get(k)]
-        if diff:
-            changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        changes = config_lib.changed_fields(old, new, ignore={"data_dir"})
+        if changes:
             raise ConfigError(
                 "workdir", str(workdir),
                 f"holds a search with other settings ({changes}); rerun with those settings to resume it, "
