@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-KERNEL_SOURCE = Path(__file__).parent / "kernels" / "lstm_cell.cc"
+KERNEL_SOURCE = Path(__file__).parent / "kernels" / "lstm_sequence.cc"
 ENV_SWITCH = "TF_RNN_FUSED"  # "1" turns the fused path on; anything else leaves Keras' LSTM everywhere.
 
 _module = None
@@ -44,7 +44,7 @@ def build() -> Path:
     key = hashlib.sha256(
         KERNEL_SOURCE.read_bytes() + tf.__version__.encode() + " ".join(compile_flags).encode() + _cpu_flags()
     ).hexdigest()[:16]
-    out = cache_dir() / f"lstm_cell-{key}.so"
+    out = cache_dir() / f"{KERNEL_SOURCE.stem}-{key}.so"
     if out.exists():
         return out
     cxx = os.environ.get("CXX", "g++")
@@ -81,55 +81,32 @@ def available() -> bool:
     return kernels() is not None and not tf.config.list_logical_devices("GPU")
 
 
-def _recurrence(steps: int):
+@tf.custom_gradient
+def _lstm(x, kernel, recurrent_kernel, bias):
     ops = kernels()
+    h, c, gates = ops.tf_rnn_lstm_forward(x, kernel, recurrent_kernel, bias)
 
-    @tf.custom_gradient
-    def recurrence(xproj, recurrent_kernel):
-        """`<float32>[time, batch, 4·units]` input projections → `<float32>[time, batch, units]` hidden states."""
-        xs = tf.unstack(xproj, num=steps)
-        zeros = tf.zeros([tf.shape(xproj)[1], tf.shape(recurrent_kernel)[0]])
-        h, c, hs, cs, gates = zeros, zeros, [], [], []
-        for t in range(steps):
-            hw = tf.matmul(h, recurrent_kernel) if t else tf.zeros_like(xs[0])
-            h, c, g = ops.tf_rnn_lstm_cell_forward(xs[t], hw, c)
-            hs.append(h)
-            cs.append(c)
-            gates.append(g)
+    def grad(d_h):
+        dz, d_kernel, d_recurrent_kernel, d_bias = ops.tf_rnn_lstm_backward(d_h, x, recurrent_kernel, h, c, gates)
+        # The input's gradient is one large product; inside a tf.function TensorFlow prunes it when nothing
+        # needs it (the first layer, whose input is data).
+        dx = tf.reshape(tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True), tf.shape(x))
+        return dx, d_kernel, d_recurrent_kernel, d_bias
 
-        def grad(d_hs):
-            d_hs = tf.unstack(d_hs, num=steps)
-            dh_next, dc, dzs = zeros, zeros, [None] * steps
-            for t in reversed(range(steps)):
-                dzs[t], dc = ops.tf_rnn_lstm_cell_backward(
-                    d_hs[t] + dh_next, dc, gates[t], cs[t], cs[t - 1] if t else zeros
-                )
-                if t:
-                    dh_next = tf.matmul(dzs[t], recurrent_kernel, transpose_b=True)
-            # The recurrent kernel's gradient in one large product instead of one per step (h_{-1} = 0).
-            d_kernel = tf.matmul(tf.concat(hs[:-1], 0), tf.concat(dzs[1:], 0), transpose_a=True)
-            return tf.stack(dzs), d_kernel
-
-        return tf.stack(hs), grad
-
-    return recurrence
+    return h, grad
 
 
 def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
-    """`keras.layers.LSTM`'s computation (zero initial state, no mask) through the fused kernels.
+    """`keras.layers.LSTM`'s computation (zero initial state, no mask) through the compiled kernels.
 
     Args:
-      inputs: `<float32>[batch, time, features]`, `time` known statically.
+      inputs: `<float32>[batch, time, features]`.
       kernel, recurrent_kernel, bias: the Keras LSTM cell's weights (`[features, 4·units]`, `[units, 4·units]`,
         `[4·units]`, gates i, f, c, o).
 
     Returns:
       `<float32>[batch, units]`, or `<float32>[batch, time, units]` with `return_sequences`.
     """
-    steps = inputs.shape[1]
-    x = tf.transpose(inputs, [1, 0, 2])  # Time-major: each step's rows are contiguous.
-    batch = tf.shape(x)[1]
-    # The input projection of all steps in one large product, hoisted out of the recurrence.
-    xproj = tf.matmul(tf.reshape(x, [steps * batch, -1]), kernel) + bias
-    hs = _recurrence(steps)(tf.reshape(xproj, [steps, batch, -1]), tf.convert_to_tensor(recurrent_kernel))
-    return tf.transpose(hs, [1, 0, 2]) if return_sequences else hs[-1]
+    weights = [tf.convert_to_tensor(w) for w in (kernel, recurrent_kernel, bias)]
+    h = _lstm(tf.convert_to_tensor(inputs, tf.float32), *weights)
+    return h if return_sequences else h[:, -1]
