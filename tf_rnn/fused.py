@@ -84,13 +84,16 @@ def available() -> bool:
 @tf.custom_gradient
 def _lstm(x, kernel, recurrent_kernel, bias):
     ops = kernels()
-    h, c, gates = ops.tf_rnn_lstm_forward(x, kernel, recurrent_kernel, bias)
+    h, c, tanh_c, gates = ops.tf_rnn_lstm_forward(x, kernel, recurrent_kernel, bias)
 
     def grad(d_h):
-        dz, d_kernel, d_recurrent_kernel, d_bias = ops.tf_rnn_lstm_backward(d_h, x, recurrent_kernel, h, c, gates)
+        dz, d_kernel, d_recurrent_kernel, d_bias = ops.tf_rnn_lstm_backward(
+            d_h, x, recurrent_kernel, h, c, tanh_c, gates
+        )
         # The input's gradient is one large product; inside a tf.function TensorFlow prunes it when nothing
         # needs it (the first layer, whose input is data).
-        dx = tf.reshape(tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True), tf.shape(x))
+        dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)  # dz is time-major.
+        dx = tf.transpose(tf.reshape(dx, [tf.shape(x)[1], tf.shape(x)[0], -1]), [1, 0, 2])
         return dx, d_kernel, d_recurrent_kernel, d_bias
 
     return h, grad

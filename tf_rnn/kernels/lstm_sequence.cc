@@ -11,7 +11,9 @@
 //
 // Layout (Keras' LSTM): z = x·W + b + h_prev·U, gates i, f, c, o in blocks of `units` columns;
 // i = σ(z_i), f = σ(z_f), g = tanh(z_c), o = σ(z_o); c = f·c_prev + i·g; h = o·tanh(c); h_{-1} = c_{-1} = 0.
-// All sequences are batch-major, [batch, time, ...], as Keras passes them: no transposes around the ops.
+// x and h are batch-major, [batch, time, ...], as Keras passes them. What only the backward op reads (c, tanh c,
+// the gates, dz) is time-major, [time, batch, ...]: a thread's rows of one step are then one contiguous stretch
+// of memory, which the hardware prefetcher streams, instead of rows time·4·units floats apart.
 
 #define EIGEN_USE_THREADS
 #include <algorithm>
@@ -63,49 +65,63 @@ struct Packed {
   }
 };
 
+// A product term a[m×k] · b[k×n]; a product is the sum of one or two terms (x·W + h·U in one pass over c).
+struct Term {
+  A a;
+  B b;
+};
+
 template <int R>
-static void BlockPortable(A a, const float* b, int64_t qs, int64_t k, float* c, int64_t ldc, int cols, bool acc_in) {
+static void BlockPortable(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, int cols,
+                          bool acc_in) {
   float acc[R][kPanel] = {};
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < cols; ++j) acc[r][j] = acc_in ? c[r * ldc + j] : 0.f;
-  for (int64_t q = 0; q < k; ++q)
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < cols; ++j) acc[r][j] += a.p[r * a.rs + q * a.qs] * b[q * qs + j];
+  for (int n = 0; n < nterms; ++n) {
+    const A& a = terms[n].a;
+    const float* b = terms[n].b.p + s * terms[n].b.ps;
+    for (int64_t q = 0; q < terms[n].b.k; ++q)
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < cols; ++j) acc[r][j] += a.p[(r0 + r) * a.rs + q * a.qs] * b[q * terms[n].b.qs + j];
+  }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < cols; ++j) c[r * ldc + j] = acc[r][j];
 }
 
 template <int R>
-static void Block(A a, const float* b, int64_t qs, int64_t k, float* c, int64_t ldc, bool acc_in) {
+static void Block(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, bool acc_in) {
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[R][2];
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < 2; ++h) acc[r][h] = acc_in ? _mm256_loadu_ps(c + r * ldc + 8 * h) : _mm256_setzero_ps();
-  for (int64_t q = 0; q < k; ++q) {
-    const __m256 b0 = _mm256_loadu_ps(b + q * qs), b1 = _mm256_loadu_ps(b + q * qs + 8);
-    for (int r = 0; r < R; ++r) {
-      const __m256 x = _mm256_broadcast_ss(a.p + r * a.rs + q * a.qs);
-      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+  for (int n = 0; n < nterms; ++n) {
+    const float* a = terms[n].a.p + r0 * terms[n].a.rs;
+    const int64_t rs = terms[n].a.rs, as = terms[n].a.qs, k = terms[n].b.k, bs = terms[n].b.qs;
+    const float* b = terms[n].b.p + s * terms[n].b.ps;
+    for (int64_t q = 0; q < k; ++q) {
+      const __m256 b0 = _mm256_loadu_ps(b + q * bs), b1 = _mm256_loadu_ps(b + q * bs + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 x = _mm256_broadcast_ss(a + r * rs + q * as);
+        acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+      }
     }
   }
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < 2; ++h) _mm256_storeu_ps(c + r * ldc + 8 * h, acc[r][h]);
 #else
-  BlockPortable<R>(a, b, qs, k, c, ldc, kPanel, acc_in);
+  BlockPortable<R>(terms, nterms, s, r0, c, ldc, kPanel, acc_in);
 #endif
 }
 
 template <bool Full>
-static void Panel(A a, int64_t m, const float* b, int64_t qs, int64_t k, float* c, int64_t ldc, int cols,
-                  bool acc_in) {
+static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols, bool acc_in) {
   auto block = [&](auto rows, int64_t r) {
     constexpr int R = decltype(rows)::value;
-    const A ar{a.p + r * a.rs, a.rs, a.qs};
     if constexpr (Full)
-      Block<R>(ar, b, qs, k, c + r * ldc, ldc, acc_in);
+      Block<R>(terms, nterms, s, r, c + r * ldc, ldc, acc_in);
     else
-      BlockPortable<R>(ar, b, qs, k, c + r * ldc, ldc, cols, acc_in);
+      BlockPortable<R>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in);
   };
   int64_t r = 0;
   for (; r + kRows <= m; r += kRows) block(std::integral_constant<int, kRows>(), r);
@@ -113,14 +129,17 @@ static void Panel(A a, int64_t m, const float* b, int64_t qs, int64_t k, float* 
   if (r < m) block(std::integral_constant<int, 1>(), r);
 }
 
-// c[m×n] (+)= a[m×k] · b[k×n]; rows of c are ldc apart; acc_in adds to what c holds.
-static void Gemm(A a, int64_t m, const B& b, float* c, int64_t ldc, bool acc_in) {
-  for (int64_t s = 0; s * kPanel < b.n; ++s) {  // Panel-outer: one panel of b serves every block of rows.
-    const int cols = static_cast<int>(std::min<int64_t>(kPanel, b.n - s * kPanel));
+// c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
+static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+  const Term* t = terms.begin();
+  const int nterms = static_cast<int>(terms.size());
+  const int64_t n = t->b.n;
+  for (int64_t s = 0; s * kPanel < n; ++s) {  // Panel-outer: one panel of b serves every block of rows.
+    const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
     if (cols == kPanel)  // The last panel is narrower only when units is not a multiple of 4.
-      Panel<true>(a, m, b.p + s * b.ps, b.qs, b.k, c + s * kPanel, ldc, cols, acc_in);
+      Panel<true>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
     else
-      Panel<false>(a, m, b.p + s * b.ps, b.qs, b.k, c + s * kPanel, ldc, cols, acc_in);
+      Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
   }
 }
 
@@ -137,11 +156,22 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, F fn) {
   return (batch + per - 1) / per;
 }
 
+// Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
+// matrix. Read in place, the transpose's columns would be time·width floats apart: a multiple of 2 KiB here,
+// so the rows of one block of the product would compete for the same two L1 cache sets.
+static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width,
+                    std::vector<float>& scratch) {
+  const int64_t ld = hi - lo + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
+  for (int64_t b = lo; b < hi; ++b)
+    for (int64_t w = 0; w < width; ++w) scratch[w * ld + b - lo] = seq[(b * T + t) * width + w];
+  return A{scratch.data(), ld, 1};
+}
+
 // ---- The ops. ---------------------------------------------------------------------------------------------
 
 // x: <float32>[batch, time, features]; kernel W: [features, 4·units]; recurrent_kernel U: [units, 4·units];
-// bias: [4·units] → h, c: [batch, time, units] of every step; gates: [batch, time, 4·units], activated, kept for
-// the backward pass.
+// bias: [4·units] → h: [batch, time, units] of every step; for the backward pass, c and tanh(c):
+// [time, batch, units] and the activated gates: [time, batch, 4·units].
 REGISTER_OP("TfRnnLstmForward")
     .Input("x: float")
     .Input("kernel: float")
@@ -149,29 +179,31 @@ REGISTER_OP("TfRnnLstmForward")
     .Input("bias: float")
     .Output("h: float")
     .Output("c: float")
+    .Output("tanh_c: float")
     .Output("gates: float")
     .SetShapeFn([](shape_inference::InferenceContext* ctx) {
-      shape_inference::ShapeHandle x, u, hc, g;
+      shape_inference::ShapeHandle x, u;
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(0), 3, &x));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
-      TF_RETURN_IF_ERROR(ctx->ReplaceDim(x, 2, ctx->Dim(u, 0), &hc));
-      TF_RETURN_IF_ERROR(ctx->ReplaceDim(x, 2, ctx->Dim(u, 1), &g));
-      ctx->set_output(0, hc);
-      ctx->set_output(1, hc);
-      ctx->set_output(2, g);
+      auto batch = ctx->Dim(x, 0), time = ctx->Dim(x, 1);
+      ctx->set_output(0, ctx->MakeShape({batch, time, ctx->Dim(u, 0)}));
+      ctx->set_output(1, ctx->MakeShape({time, batch, ctx->Dim(u, 0)}));
+      ctx->set_output(2, ctx->output(1));
+      ctx->set_output(3, ctx->MakeShape({time, batch, ctx->Dim(u, 1)}));
       return absl::OkStatus();
     });
 
 // d_h: <float32>[batch, time, units], the loss' gradient reaching each step's h from outside the layer; x,
-// recurrent_kernel, and the forward op's h, c, gates → dz: [batch, time, 4·units], the gradient of every step's
-// pre-activations (dx = dz·Wᵀ is left to TensorFlow, which skips it when x needs none); d_kernel, d_recurrent_kernel,
-// d_bias: the weights' gradients.
+// recurrent_kernel, and the forward op's outputs → dz: [time, batch, 4·units], the gradient of every step's
+// pre-activations (dx = dz·Wᵀ is left to TensorFlow, which skips it when x needs none); d_kernel,
+// d_recurrent_kernel, d_bias: the weights' gradients.
 REGISTER_OP("TfRnnLstmBackward")
     .Input("d_h: float")
     .Input("x: float")
     .Input("recurrent_kernel: float")
     .Input("h: float")
     .Input("c: float")
+    .Input("tanh_c: float")
     .Input("gates: float")
     .Output("dz: float")
     .Output("d_kernel: float")
@@ -181,27 +213,32 @@ REGISTER_OP("TfRnnLstmBackward")
       shape_inference::ShapeHandle x, u;
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(1), 3, &x));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
-      ctx->set_output(0, ctx->input(5));
+      ctx->set_output(0, ctx->input(6));
       ctx->set_output(1, ctx->Matrix(ctx->Dim(x, 2), ctx->Dim(u, 1)));
       ctx->set_output(2, u);
       ctx->set_output(3, ctx->Vector(ctx->Dim(u, 1)));
       return absl::OkStatus();
     });
 
-// Shapes: x [B, T, F]; every `seq` tensor [B, T, width]; U [units, 4·units]; W [F, 4·units] when given.
-static Status CheckShapes(const Tensor& x, const Tensor& u, const Tensor* w,
-                          std::initializer_list<std::pair<const Tensor*, int64_t>> seq) {
+// Shapes: x [B, T, F]; U [units, 4·units]; W [F, 4·units] when given; each of `seq` [B, T, width·units], or
+// [T, B, width·units] when its flag says time-major.
+struct Seq {
+  const Tensor* t;
+  int64_t width;
+  bool time_major;
+};
+static Status CheckShapes(const Tensor& x, const Tensor& u, const Tensor* w, std::initializer_list<Seq> seq) {
   const bool ok_u = u.dims() == 2 && u.dim_size(1) == 4 * u.dim_size(0);
   if (x.dims() != 3 || !ok_u || (w && (w->dims() != 2 || w->dim_size(0) != x.dim_size(2) ||
                                        w->dim_size(1) != u.dim_size(1))))
     return errors::InvalidArgument("tf_rnn LSTM op: need x [batch, time, features], kernel [features, 4·units], "
                                    "recurrent_kernel [units, 4·units]; got ", x.shape().DebugString(), ", ",
                                    w ? w->shape().DebugString() : "-", ", ", u.shape().DebugString());
-  for (auto [t, width] : seq)
-    if (t->dims() != 3 || t->dim_size(0) != x.dim_size(0) || t->dim_size(1) != x.dim_size(1) ||
+  for (auto [t, width, time_major] : seq)
+    if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
         t->dim_size(2) != width * u.dim_size(0))
-      return errors::InvalidArgument("tf_rnn LSTM op: need [batch, time, ", width, "·units]; got ",
-                                     t->shape().DebugString());
+      return errors::InvalidArgument("tf_rnn LSTM op: need ", time_major ? "[time, batch, " : "[batch, time, ",
+                                     width, "·units]; got ", t->shape().DebugString());
   return absl::OkStatus();
 }
 
@@ -214,29 +251,35 @@ class Forward : public OpKernel {
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     OP_REQUIRES(ctx, bias.dims() == 1 && bias.dim_size(0) == G,
                 errors::InvalidArgument("tf_rnn LSTM op: bias must be [4·units]; got ", bias.shape().DebugString()));
-    Tensor *h, *c, *g;
+    Tensor *h, *c, *tanh_c, *g;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({Bt, T, U}), &h));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({Bt, T, U}), &c));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({Bt, T, G}), &g));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({T, Bt, U}), &c));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &tanh_c));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({T, Bt, G}), &g));
     if (Bt * T == 0) return;
     const Packed wp(w.flat<float>().data(), F, G, G, 1), up(u.flat<float>().data(), U, G, G, 1);
     const float *xp = x.flat<float>().data(), *bp = bias.flat<float>().data();
-    float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *gp = g->flat<float>().data();
+    float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *tcp = tanh_c->flat<float>().data(),
+          *gp = g->flat<float>().data();
     ForRowBlocks(ctx, Bt, [&](int64_t, int64_t lo, int64_t hi) {
       for (int64_t t = 0; t < T; ++t) {
-        float* z = gp + (lo * T + t) * G;  // Row b of step t is z + (b - lo)·T·G.
-        for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, gp + (b * T + t) * G);
-        Gemm(A{xp + (lo * T + t) * F, T * F, 1}, hi - lo, wp.b, z, T * G, /*acc_in=*/true);
-        if (t) Gemm(A{hp + (lo * T + t - 1) * U, T * U, 1}, hi - lo, up.b, z, T * G, /*acc_in=*/true);
+        float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
+        for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
+        const Term xw{A{xp + (lo * T + t) * F, T * F, 1}, wp.b};
+        if (t)
+          Gemm({xw, Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up.b}}, hi - lo, z, G, /*acc_in=*/true);
+        else
+          Gemm({xw}, hi - lo, z, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
-          const int64_t row = b * T + t;
-          Arr zr(gp + row * G, G), co(cp + row * U, U), ho(hp + row * U, U);
+          const int64_t row = t * Bt + b;
+          Arr zr(gp + row * G, G), co(cp + row * U, U), tc(tcp + row * U, U), ho(hp + (b * T + t) * U, U);
           zr.head(2 * U) = zr.head(2 * U).unaryExpr(logistic);
           zr.segment(2 * U, U) = zr.segment(2 * U, U).tanh();
           zr.tail(U) = zr.tail(U).unaryExpr(logistic);
           co = zr.head(U) * zr.segment(2 * U, U);
-          if (t) co += zr.segment(U, U) * CArr(cp + (row - 1) * U, U);
-          ho = zr.tail(U) * co.tanh();
+          if (t) co += zr.segment(U, U) * CArr(cp + (row - Bt) * U, U);
+          tc = co.tanh();
+          ho = zr.tail(U) * tc;
         }
       }
     });
@@ -248,8 +291,8 @@ class Backward : public OpKernel {
   explicit Backward(OpKernelConstruction* c) : OpKernel(c) {}
   void Compute(OpKernelContext* ctx) override {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
-                 &c = ctx->input(4), &g = ctx->input(5);
-    OP_REQUIRES_OK(ctx, CheckShapes(x, u, nullptr, {{&dh, 1}, {&h, 1}, {&c, 1}, {&g, 4}}));
+                 &c = ctx->input(4), &tanh_c = ctx->input(5), &g = ctx->input(6);
+    OP_REQUIRES_OK(ctx, CheckShapes(x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -258,7 +301,7 @@ class Backward : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({G}), &db));
     const Packed ut(u.flat<float>().data(), G, U, 1, G);  // Uᵀ: dh_prev = dz · Uᵀ.
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
-                *cp = c.flat<float>().data(), *gp = g.flat<float>().data();
+                *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
     float* dzp = dz->flat<float>().data();
     // Each block of rows sums its own weight gradients, [F + U + 1, 4·units]; they are added up at the end.
     std::vector<std::vector<float>> partial(std::max<int64_t>(1, (Bt + kRows - 1) / kRows));
@@ -269,32 +312,38 @@ class Backward : public OpKernel {
       const int64_t m = hi - lo;
       // The gradients flowing back along time into this block's rows: into h (through U) and into c.
       std::vector<float> dh_next(m * U, 0.f), dc(m * U, 0.f);
-      Eigen::ArrayXf dct(U), tc(U);
+      // dz_t packed in panels [m][kPanel]; panels one row more than m apart, because m·64 bytes apart (a
+      // multiple of 4 KiB for m = 64) they would share L1 cache sets and evict each other.
+      const int64_t pack_stride = (m + 1) * kPanel;
+      std::vector<float> dz_pack((G + kPanel - 1) / kPanel * pack_stride, 0.f), scratch(std::max(F, U) * (m + 1));
+      Eigen::ArrayXf dct(U);
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t b = lo; b < hi; ++b) {
-          const int64_t row = b * T + t;
-          CArr z(gp + row * G, G), ct(cp + row * U, U);
+          const int64_t row = t * Bt + b;
+          CArr z(gp + row * G, G), tc(tcp + row * U, U);
           Arr dz_r(dzp + row * G, G), dc_r(dc.data() + (b - lo) * U, U), dhn(dh_next.data() + (b - lo) * U, U);
           auto i = z.head(U), f = z.segment(U, U), gg = z.segment(2 * U, U), o = z.tail(U);
-          dhn += CArr(dhp + row * U, U);  // Now the whole gradient reaching h_t.
-          tc = ct.tanh();
-          dct = dc_r + dhn * o * (1.f - tc * tc);
+          dhn += CArr(dhp + (b * T + t) * U, U);  // Now the whole gradient reaching h_t: along time and from outside.
+          dct = dc_r + dhn * o * (1.f - tc * tc);  // No tanh here: the forward pass kept tanh(c).
           dz_r.head(U) = dct * gg * i * (1.f - i);
           if (t)
-            dz_r.segment(U, U) = dct * CArr(cp + (row - 1) * U, U) * f * (1.f - f);
+            dz_r.segment(U, U) = dct * CArr(cp + (row - Bt) * U, U) * f * (1.f - f);
           else
             dz_r.segment(U, U).setZero();
           dz_r.segment(2 * U, U) = dct * i * (1.f - gg * gg);
           dz_r.tail(U) = dhn * tc * o * (1.f - o);
           dc_r = dct * f;
-          Arr(sb, G) += dz_r;
+          const float* d = dz_r.data();
+          for (int64_t j = 0; j < G; ++j) sb[j] += d[j];
+          // dz_t is the b of two products below: packed while its row is in cache.
+          for (int64_t j = 0; j < G; j += kPanel)
+            std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
         }
-        // dz_t of this block's rows as a matrix [m × 4·units], rows T·G apart.
-        const B dz_t{dzp + (lo * T + t) * G, T * G, kPanel, m, G};
-        Gemm(A{xp + (lo * T + t) * F, 1, T * F}, F, dz_t, sw, G, /*acc_in=*/true);  // dW += x_tᵀ · dz_t
+        const B dz_t{dz_pack.data(), kPanel, pack_stride, m, G};
+        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          Gemm(A{hp + (lo * T + t - 1) * U, 1, T * U}, U, dz_t, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ · dz_t
-          Gemm(A{dzp + (lo * T + t) * G, T * G, 1}, m, ut.b, dh_next.data(), U, /*acc_in=*/false);  // dz_t · Uᵀ
+          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
+          Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut.b}}, m, dh_next.data(), U, /*acc_in=*/false);  // dz_t·Uᵀ
         }
       }
     });
