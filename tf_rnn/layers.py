@@ -103,10 +103,11 @@ class StackedRNN(keras.layers.Layer):
         self.built = True
 
     def _fused(self, rnn, x) -> bool:
-        """Whether this LSTM runs through tf_rnn.fused: switched on, on a CPU host, with a static sequence length,
-        unless the layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the export does)."""
+        """Whether this LSTM runs through tf_rnn.fused: not switched off, on a CPU host, in float32, unless the layer
+        was told to use generic TensorFlow ops only (`use_cudnn=False`, as the export does)."""
         lstm = isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"
-        return lstm and x.shape[1] is not None and fused.available()
+        # The kernels are float32 only: a mixed-precision policy keeps Keras' LSTM.
+        return lstm and x.dtype == "float32" and rnn.cell.compute_dtype == "float32" and fused.available()
 
     def call(self, inputs, training=None):
         x = inputs
