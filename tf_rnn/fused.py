@@ -82,8 +82,8 @@ def kernels():
 
 def available() -> bool:
     """Whether LSTMs train through the fused path here: the kernels built and no GPU is visible (on a GPU,
-    Keras' cuDNN kernel is the fast path and stays untouched)."""
-    return kernels() is not None and not tf.config.list_logical_devices("GPU")
+    Keras' cuDNN kernel is the fast path and stays untouched; nothing is compiled there)."""
+    return not tf.config.list_logical_devices("GPU") and kernels() is not None
 
 
 @tf.custom_gradient
