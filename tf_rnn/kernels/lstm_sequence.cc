@@ -136,7 +136,7 @@ static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t
   const int64_t n = t->b.n;
   for (int64_t s = 0; s * kPanel < n; ++s) {  // Panel-outer: one panel of b serves every block of rows.
     const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
-    if (cols == kPanel)  // The last panel is narrower only when units is not a multiple of 4.
+    if (cols == kPanel)  // Only a last panel narrower than 16 columns (n % 16 != 0) takes the portable path.
       Panel<true>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
     else
       Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
@@ -157,8 +157,8 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, F fn) {
 }
 
 // Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
-// matrix. Read in place, the transpose's columns would be time·width floats apart: a multiple of 2 KiB here,
-// so the rows of one block of the product would compete for the same two L1 cache sets.
+// matrix. Read in place, the transpose's columns would be time·width floats apart (for h here: 28·128 floats,
+// 7 × 2 KiB), so the rows of one block of the product would compete for the same two L1 cache sets.
 static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width,
                     std::vector<float>& scratch) {
   const int64_t ld = hi - lo + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
