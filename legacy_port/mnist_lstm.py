@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from legacy_port.basic_lstm_cell import BasicLSTMCell
+from tf_rnn import cli
 from tf_rnn import data as tf_rnn_data
-from tf_rnn.config import OneLineParser
+from tf_rnn.cli import RunError, UsageError
 
 v1 = tf.compat.v1
 
@@ -65,26 +66,26 @@ def build_graph(seed: int = 0) -> argparse.Namespace:
     x = v1.placeholder(tf.float32, [None, n_steps, n_input], name="x")
     y = v1.placeholder(tf.float32, [None, n_classes], name="y")
 
-    # FIX(7): the seed drew these from a std-1.0 normal: logits of size ~sqrt(128) at step 0 saturate the softmax.
+    # FIX(8): the seed drew these from a std-1.0 normal: logits of size ~sqrt(128) at step 0 saturate the softmax.
     # Glorot-uniform weights and zero biases, named so that a checkpoint reader finds them.
     weights = tf.Variable(v1.glorot_uniform_initializer()([n_hidden, n_classes]), name="weights")
     biases = tf.Variable(tf.zeros([n_classes]), name="biases")
 
     # FIX(3): the seed rebound `x` to the transposed/split tensors, so `feed_dict={x: ...}` fed the wrong tensor.
-    # FIX(2), FIX(5): `tf.reshpae` and `tf.split(0, n_steps, x)`; unstack makes the 28 row inputs directly.
+    # FIX(2), FIX(6): `tf.reshpae` and `tf.split(0, n_steps, x)`; unstack makes the 28 row inputs directly.
     x_steps = tf.unstack(tf.transpose(x, [1, 0, 2]), num=n_steps)  # n_steps x <float32>[batch, n_input]
 
     lstm_cell = BasicLSTMCell(n_hidden, forget_bias=1.0)
-    outputs, states = v1.nn.static_rnn(lstm_cell, x_steps, dtype=tf.float32)  # FIX(9): tf.nn.rnn → static_rnn
+    outputs, states = v1.nn.static_rnn(lstm_cell, x_steps, dtype=tf.float32)  # FIX(12): tf.nn.rnn → static_rnn
     pred = tf.add(tf.matmul(outputs[-1], weights), biases, name="logits")
 
-    # FIX(6): positional (pred, y) was (logits, labels) in TF 0.x and is rejected now: pass them by name.
+    # FIX(7): positional (pred, y) was (logits, labels) in TF 0.x and is rejected now: pass them by name.
     cost = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=pred))
     optimizer = v1.train.AdamOptimizer(learning_rate=learning_rate).minimize(cost)
 
     correct_pred = tf.equal(tf.argmax(pred, 1), tf.argmax(y, 1))
     accuracy = tf.reduce_mean(tf.cast(correct_pred, tf.float32))
-    init = v1.global_variables_initializer()  # FIX(8): initialize_all_variables was removed.
+    init = v1.global_variables_initializer()  # FIX(9): initialize_all_variables was removed.
     return argparse.Namespace(**locals())
 
 
@@ -98,7 +99,7 @@ def train(sess, g, mnist, iters: int = training_iters, log=print) -> list[int]:
         feed_dict = {g.x: batch_x, g.y: batch_y}
         sess.run(g.optimizer, feed_dict)
         if step % display_step == 0:  # FIX(1): `step & display_step` (bitwise and) logged at the wrong steps.
-            acc, loss = sess.run([g.accuracy, g.cost], feed_dict)  # One run, not two, for the same feed.
+            acc, loss = sess.run([g.accuracy, g.cost], feed_dict)  # FIX(13): one run, not two, for the same feed.
             # FIX(11): Python 2 print statements.
             log(f"Iter {step * batch_size}, Minibatch Loss= {loss:.6f}, Training Accuracy= {acc:.5f}")
             logged.append(step)
@@ -108,8 +109,8 @@ def train(sess, g, mnist, iters: int = training_iters, log=print) -> list[int]:
 
 
 def evaluate(sess, g, images: np.ndarray, labels: np.ndarray, chunk: int = 1000) -> tuple[float, np.ndarray]:
-    """FIX(4): accuracy on the *test images*, all of them (the seed fed its last training batch, or only the
-    first 128 test images). Returns (accuracy, `<float32>[N, 10]` logits)."""
+    """FIX(4), FIX(5): accuracy on the *test images* (the seed fed its last training batch), all of them (not
+    only the first 128). Returns (accuracy, `<float32>[N, 10]` logits)."""
     logits = np.concatenate([
         sess.run(g.pred, {g.x: images[i:i + chunk].reshape((-1, n_steps, n_input))})
         for i in range(0, len(images), chunk)
@@ -117,23 +118,21 @@ def evaluate(sess, g, images: np.ndarray, labels: np.ndarray, chunk: int = 1000)
     return float((logits.argmax(1) == labels.argmax(1)).mean()), logits
 
 
+@cli.entry_point()
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m legacy_port.mnist_lstm", description=__doc__.splitlines()[0])
+    parser = cli.OneLineParser(prog="python -m legacy_port.mnist_lstm", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--training-iters", type=int, default=training_iters, help="training samples (100000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.training_iters <= batch_size:
+        raise UsageError(f"--training-iters {args.training_iters}: must be > {batch_size} (one batch)")
     workdir = Path(args.workdir)
     if (workdir / "metrics.json").exists():
-        print(f"error: --workdir {workdir} holds a finished run; choose a new one", file=sys.stderr)
-        return 1
-    try:
-        mnist = read_data_sets(args.dataset, args.data_dir, args.seed)
-    except tf_rnn_data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise RunError(f"--workdir {workdir} holds a finished run; choose a new one (nothing was overwritten)")
+    mnist = read_data_sets(args.dataset, args.data_dir, args.seed)
     workdir.mkdir(parents=True, exist_ok=True)
 
     with tf.Graph().as_default():  # Graph mode for this block only: the rest of the process stays eager.
@@ -144,7 +143,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             train(sess, g, mnist, args.training_iters)
             seconds = time.perf_counter() - start
-            saver.save(sess, str(workdir / "model.ckpt"))
+            saver.save(sess, str(workdir / "model.ckpt"))  # FIX(14): the seed kept no checkpoint.
             test_accuracy, _ = evaluate(sess, g, mnist.test.images, mnist.test.labels)
     steps = (args.training_iters - 1) // batch_size
     metrics = {

@@ -70,14 +70,20 @@ def test_kernel_refuses_inconsistent_shapes(kernels):
         kernels.tf_rnn_lstm_forward(x, kernel, tf.zeros([2, 8]), tf.zeros([8]))
 
 
-def test_stacked_rnn_trains_through_the_fused_path_on_a_cpu(kernels, monkeypatch):
+def test_stacked_rnn_trains_through_the_fused_path_on_a_cpu_and_infers_without_it(kernels, monkeypatch):
     calls = []
     real = fused.lstm
     monkeypatch.setattr(fused, "lstm", lambda *a, **k: calls.append(1) or real(*a, **k))
     rnn = StackedRNN(units=[8, 8])
-    out = rnn(np.random.rand(2, 28, 28).astype("float32"))
+    x = np.random.rand(2, 28, 28).astype("float32")
+    out = rnn(x, training=True)
     assert len(calls) == 2 and out.shape == (2, 8)
-    assert not StackedRNN(cell="gru", units=4)(np.ones((1, 28, 28), "float32")) is None and len(calls) == 2
+    # Inference (and so every trace a save path makes) never uses the compiled ops, and gives the same numbers.
+    for training in (False, None):
+        np.testing.assert_allclose(rnn(x, training=training), out, atol=1e-5)
+    assert len(calls) == 2
+    StackedRNN(cell="gru", units=4)(np.ones((1, 28, 28), "float32"), training=True)
+    assert len(calls) == 2
 
 
 def test_training_through_the_fused_path_equals_keras(kernels, monkeypatch):
@@ -123,4 +129,4 @@ def test_export_contains_no_custom_ops(kernels, tmp_path):
     ops = export.saved_model_op_types(export.export_saved_model(model, tmp_path / "sm"))
     assert not [op for op in ops if op.startswith("TfRnn")]  # Servable without tf_rnn's compiled kernels.
     served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](images=tf.constant(x))
-    np.testing.assert_allclose(served["logits"], model(x), atol=1e-5)  # model(x) here runs the fused path.
+    np.testing.assert_allclose(served["logits"], model(x, training=True), atol=1e-5)  # Fused, without dropout.

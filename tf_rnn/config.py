@@ -3,10 +3,11 @@
 import argparse
 import dataclasses
 import json
-import sys
 import typing
 from pathlib import Path
 from typing import Any, Optional
+
+from tf_rnn.cli import UsageError
 
 CELL_CHOICES = ("lstm", "gru", "simple")
 ACTIVATION_CHOICES = ("tanh", "softsign")
@@ -27,9 +28,24 @@ def flag_field(default, help: str, choices=None, flag: bool = True):
 
 
 class JobConfig:
-    """What every job's frozen config dataclass shares: choice checks and a JSON-ready dict."""
+    """What every job's frozen config dataclass shares: type and choice checks and a JSON-ready dict."""
 
     def check_choices(self) -> None:
+        """Checks every field's type against its annotation (values from a --config file are not parsed by
+        argparse), makes ints given for float fields floats, then checks the fields that have choices."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, tp = getattr(self, f.name), hints[f.name]
+            kind = _scalar(tp)
+            if value is None:
+                if type(None) not in typing.get_args(tp):
+                    raise ConfigError(f.name, value, f"must be set (a {kind.__name__})")
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, value := float(value))
+            # bool is an int subclass in Python, but `"units": true` in a config file is a mistake, not 1.
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ConfigError(f.name, value, f"must be a {kind.__name__}, not {type(value).__name__}")
         for f in dataclasses.fields(self):
             value, choices = getattr(self, f.name), f.metadata.get("choices")
             if choices and value not in choices:
@@ -102,8 +118,9 @@ def changed_fields(old: dict, new: dict, ignore=()) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
-class ConfigError(ValueError):
-    """A config value is out of range. `str()` is one line naming the flag, the value and the fix."""
+class ConfigError(UsageError, ValueError):
+    """A config value has the wrong type or is out of range. `str()` is one line naming the flag, the value and
+    the fix (exit code 2 from every CLI)."""
 
     def __init__(self, name: str, value, fix: str):
         self.flag = "--" + name.replace("_", "-")
@@ -159,13 +176,6 @@ def load_json(path: str | Path, cls=TrainConfig) -> dict[str, Any]:
 # --- command-line flags generated from the dataclass -----------------------------------------------------------
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag prints one line (no usage block, no traceback) and exits with code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _scalar(tp):
     """`Optional[int]` → int; the parser for a field's type."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -200,13 +210,3 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             default=argparse.SUPPRESS,
             help=f.metadata.get("help", "") + default_note,
         )
-
-
-def fail(message: str, code: int = 2) -> typing.NoReturn:
-    """Prints one `error:` line and exits (no traceback for the user's mistakes)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    prog = f"python -m {spec.name}" if spec else Path(sys.argv[0] or "tf_rnn").name
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-

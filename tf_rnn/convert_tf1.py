@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_rnn.config import OneLineParser, fail, resolve
+from tf_rnn import cli
+from tf_rnn.cli import RunError, UsageError
+from tf_rnn.config import resolve
 
 KERNEL, BIAS = "rnn/basic_lstm_cell/kernel", "rnn/basic_lstm_cell/bias"
 # The port names the output layer; the seed's own unnamed tf.Variables were saved as Variable / Variable_1.
@@ -15,7 +17,7 @@ OUTPUT_NAMES = [("weights", "biases"), ("Variable", "Variable_1")]
 INPUT_SIZE = 28
 
 
-class ConversionError(Exception):
+class ConversionError(RunError):
     """The checkpoint is not a BasicLSTMCell classifier of the expected shape. `str()` is one line."""
 
 
@@ -86,21 +88,19 @@ def convert(checkpoint: str | Path, forget_bias: float = 1.0):
     return model
 
 
+@cli.entry_point()
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m tf_rnn.convert_tf1", description=__doc__)
+    parser = cli.OneLineParser(prog="python -m tf_rnn.convert_tf1", description=__doc__)
     parser.add_argument("checkpoint", help="TF1 checkpoint folder (with a 'checkpoint' file) or prefix")
     parser.add_argument("--out", required=True, help="the .keras file to write")
     parser.add_argument("--forget-bias", type=float, default=1.0, help="the forget_bias the TF1 cell used")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.suffix != ".keras":
-        fail(f"--out {out}: must end in .keras")
+        raise UsageError(f"--out {out}: must end in .keras")
     if out.exists():
-        fail(f"--out {out}: exists; choose another path (nothing was overwritten)")
-    try:
-        model = convert(args.checkpoint, args.forget_bias)
-    except ConversionError as e:
-        fail(str(e), 1)
+        raise UsageError(f"--out {out}: exists; choose another path (nothing was overwritten)")
+    model = convert(args.checkpoint, args.forget_bias)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     print(f"wrote {out} (LSTM({model.get_layer('rnn').units[0]}) from {args.checkpoint})")

@@ -15,6 +15,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from tf_rnn.cli import RunError
+
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 10
@@ -33,8 +35,8 @@ IDX_FILES = {
 COUNTS = {"train": 60_000, "test": 10_000}
 
 
-class DataError(Exception):
-    """A data file is missing, truncated or corrupt. The message is one line naming the file and the fix."""
+class DataError(RunError):
+    """A data file is missing, truncated, corrupt or of another dataset. One line naming the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,7 @@ class DatasetSpec:
     npz_sha256: str | None
     keras_loader: str  # keras.datasets module that downloads it.
     debian_package: str | None
+    class_names: tuple[str, ...]  # Index = label: TensorBoard's confusion matrix, the export's metadata, predict.
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -66,6 +69,8 @@ DATASETS: dict[str, DatasetSpec] = {
         npz_sha256=None,
         keras_loader="fashion_mnist",
         debian_package="dataset-fashion-mnist",
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle boot"),
     ),
     "mnist": DatasetSpec(
         name="mnist",
@@ -77,6 +82,7 @@ DATASETS: dict[str, DatasetSpec] = {
         npz_sha256="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
         keras_loader="mnist",
         debian_package=None,
+        class_names=tuple(str(d) for d in range(10)),
     ),
 }
 
@@ -91,6 +97,27 @@ class Arrays(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     source: str = ""
+
+
+def other_dataset_holding(digest: str, spec: DatasetSpec) -> str | None:
+    """The name of another dataset whose known file content has this SHA-256, or None.
+
+    MNIST and Fashion-MNIST share file names, sizes and structure: a folder of the wrong one passes every
+    structural check, and only a known digest can tell them apart.
+    """
+    for other in DATASETS.values():
+        if other.name != spec.name and digest in {*other.content_sha256.values(), other.npz_sha256} - {None}:
+            return other.name
+    return None
+
+
+def _refuse_other_dataset(digest: str, path: Path, spec: DatasetSpec) -> None:
+    other = other_dataset_holding(digest, spec)
+    if other:
+        raise DataError(
+            f"{path.parent}: holds {other}, not {spec.name} ({path.name} is {other}'s); pass --dataset {other}, "
+            f"or point --data-dir at a folder of {spec.name}"
+        )
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -170,8 +197,11 @@ def parse_idx(raw: bytes, path: Path, kind: str, count: int) -> np.ndarray:
 
 
 def _check_labels(labels: np.ndarray, path: Path) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: label {int(labels.max())} out of range [0, {NUM_CLASSES}); the file is corrupt")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels are {labels.dtype}, expected integers in [0, {NUM_CLASSES})")
+    bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    if bad.size:
+        raise DataError(f"{path}: label {int(bad[0])} out of range [0, {NUM_CLASSES}); the file is corrupt")
 
 
 def _find_idx(folder: Path, base: str) -> Path | None:
@@ -197,8 +227,10 @@ def load_idx_dir(folder: Path, spec: DatasetSpec) -> Arrays | None:
     for (split, kind), path in found.items():
         raw = _read_bytes(path)
         arrays[(split, kind)] = parse_idx(raw, path, kind, COUNTS[split])
+        digest = hashlib.sha256(raw).hexdigest()
+        _refuse_other_dataset(digest, path, spec)
         want = spec.content_sha256.get(IDX_FILES[(split, kind)])
-        if want and hashlib.sha256(raw).hexdigest() != want:
+        if want and digest != want:
             raise DataError(
                 f"{path}: checksum mismatch for {spec.name} (sha256 of the content is not the known one); "
                 "delete it and provide a fresh copy"
@@ -213,7 +245,9 @@ def load_idx_dir(folder: Path, spec: DatasetSpec) -> Arrays | None:
 def load_npz(path: Path, spec: DatasetSpec) -> Arrays:
     """Loads Keras' single-file form (`x_train`, `y_train`, `x_test`, `y_test`)."""
     raw = _read_bytes(path)
-    if spec.npz_sha256 and hashlib.sha256(raw).hexdigest() != spec.npz_sha256:
+    digest = hashlib.sha256(raw).hexdigest()
+    _refuse_other_dataset(digest, path, spec)
+    if spec.npz_sha256 and digest != spec.npz_sha256:
         raise DataError(f"{path}: checksum mismatch for {spec.name}; delete it and provide a fresh copy")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:

@@ -7,15 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from tf_rnn.config import OneLineParser, fail
-from tf_rnn.data import IMAGE_SHAPE
+from tf_rnn import cli
+from tf_rnn.cli import RunError, UsageError
+from tf_rnn.data import DATASETS, IMAGE_SHAPE
 
 METADATA = "assets.extra/tf_rnn.json"  # Read by tf_rnn.predict; TF Serving ignores assets.extra.
-CLASS_NAMES = {
-    "mnist": [str(d) for d in range(10)],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
-}
 
 
 @contextlib.contextmanager
@@ -88,7 +84,8 @@ def export_saved_model(model, out_dir: str | Path, dataset: str | None = None) -
         archive.write_out(str(out_dir), verbose=False)
     meta = out_dir / METADATA
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"dataset": dataset, "class_names": CLASS_NAMES.get(dataset)}, indent=2) + "\n")
+    names = list(DATASETS[dataset].class_names) if dataset in DATASETS else None
+    meta.write_text(json.dumps({"dataset": dataset, "class_names": names}, indent=2) + "\n")
     return out_dir
 
 
@@ -105,31 +102,29 @@ def saved_model_op_types(export_dir: str | Path) -> set[str]:
     return ops
 
 
+@cli.entry_point()
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m tf_rnn.export", description=__doc__)
+    parser = cli.OneLineParser(prog="python -m tf_rnn.export", description=__doc__)
     parser.add_argument("model", help="a .keras file written by tf_rnn.train (its model.keras)")
     parser.add_argument("--out", required=True, help="SavedModel folder to create (must not exist)")
-    parser.add_argument("--dataset", choices=sorted(CLASS_NAMES), default=None,
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=None,
                         help="class names to record for tf_rnn.predict (default: from the run's config.json)")
     args = parser.parse_args(argv)
     path = Path(args.model)
     if path.suffix != ".keras" or not path.is_file():
-        fail(f"{path}: not a .keras file; pass the model.keras of a training run")
+        raise UsageError(f"{path}: not a .keras file; pass the model.keras of a training run")
     if Path(args.out).exists():
-        fail(f"--out {args.out}: exists; choose another folder (nothing was overwritten)")
+        raise UsageError(f"--out {args.out}: exists; choose another folder (nothing was overwritten)")
     dataset = args.dataset
     config = path.parent / "config.json"
     if dataset is None and config.exists():
         dataset = json.loads(config.read_text()).get("dataset")
     import keras
 
-    import tf_rnn.layers  # noqa: F401  (registers the custom layers for loading)
-    import tf_rnn.models  # noqa: F401
-
     try:
         model = keras.saving.load_model(path)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's file: one line, not a traceback.
-        fail(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: {str(e).splitlines()[0]})", 1)
+        raise RunError(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: {str(e).splitlines()[0]})")
     export_saved_model(model, args.out, dataset)
     print(f"wrote SavedModel {args.out} (signatures: serving_default <float32>[batch, 28, 28] in [0, 1], "
           f"serve_uint8 <uint8>[batch, 28, 28])")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tf_rnn.config import OneLineParser
+from tf_rnn.cli import OneLineParser
 
 
 def traced_ops(model) -> set[str]:

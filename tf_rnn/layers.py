@@ -102,9 +102,13 @@ class StackedRNN(keras.layers.Layer):
             shape = (shape[0], shape[1], rnn.units)
         self.built = True
 
-    def _fused(self, rnn, x) -> bool:
-        """Whether this LSTM runs through tf_rnn.fused: not switched off, on a CPU host, in float32, unless the layer
-        was told to use generic TensorFlow ops only (`use_cudnn=False`, as the export does)."""
+    def _fused(self, rnn, x, training) -> bool:
+        """Whether this LSTM runs through tf_rnn.fused: only in a training step (so that no save path — tf_rnn.export,
+        `model.export()`, `tf.saved_model.save` — ever traces the compiled ops, and every SavedModel serves without
+        tf_rnn), not switched off, on a CPU host, in float32, unless the layer was told to use generic TensorFlow
+        ops only (`use_cudnn=False`, as the export does)."""
+        if not (isinstance(training, bool) and training):
+            return False
         lstm = isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"
         # The kernels are float32 only: a mixed-precision policy keeps Keras' LSTM.
         return lstm and x.dtype == "float32" and rnn.cell.compute_dtype == "float32" and fused.available()
@@ -112,7 +116,7 @@ class StackedRNN(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = inputs
         for rnn, drop in zip(self.rnns, self.dropouts):
-            if self._fused(rnn, x):
+            if self._fused(rnn, x, training):
                 cell = rnn.cell
                 x = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
             else:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_rnn.config import OneLineParser, fail
+from tf_rnn import cli
+from tf_rnn.cli import RunError, UsageError
 from tf_rnn.data import IMAGE_SHAPE, IMAGES_MAGIC
 from tf_rnn.export import METADATA
 
 
-class InputError(Exception):
+class InputError(RunError):
     """An input file cannot be classified. `str()` is one line naming the file and what is wrong."""
 
 
@@ -78,19 +79,20 @@ def read_images(path: Path) -> np.ndarray:
     raise InputError(f"{path}: unknown file type; use PNG, .npy, .npz or IDX (*-idx3-ubyte[.gz])")
 
 
+@cli.entry_point()
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m tf_rnn.predict", description=__doc__)
+    parser = cli.OneLineParser(prog="python -m tf_rnn.predict", description=__doc__)
     parser.add_argument("model_dir", help="an exported SavedModel (tf_rnn.export, or a run's saved_model/)")
     parser.add_argument("files", nargs="+", help="PNG (28x28 grayscale), .npy/.npz, IDX image files")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     model_dir = Path(args.model_dir)
     if not (model_dir / "saved_model.pb").is_file():
-        fail(f"{model_dir}: not a SavedModel folder (no saved_model.pb); export one with python -m tf_rnn.export")
-    try:
-        batches = [(path, read_images(Path(path))) for path in args.files]
-    except InputError as e:
-        fail(str(e), 1)
+        raise UsageError(f"{model_dir}: not a SavedModel folder (no saved_model.pb); export one with "
+                         "python -m tf_rnn.export")
+    batches = [(path, read_images(Path(path))) for path in args.files]
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import json
 import math
 import shutil
@@ -14,32 +13,25 @@ from pathlib import Path
 
 import numpy as np
 
+from tf_rnn import cli
 from tf_rnn import config as config_lib
 from tf_rnn import data
-from tf_rnn.config import ConfigError, TrainConfig
+from tf_rnn.callbacks import EpochSeeds, NaNGuard, RunState, StepBudget, Throughput, optimizer_steps, write_json
+from tf_rnn.cli import RunError
+from tf_rnn.config import TrainConfig
+from tf_rnn.summaries import confusion_matrix, write_run_header, write_test_summaries
 
 # Files a run writes into its workdir.
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"  # Keras BackupAndRestore state; removed once metrics.json is written.
-TRAIN_STATE_FILE = "train_state.json"  # Best-model / early-stopping state, kept beside the backup.
+TRAIN_STATE_FILE = "train_state.json"  # Per-epoch history (best model, early stopping), beside the backup.
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_DIR = "saved_model"  # Portable SavedModel of the best model (tf_rnn.export).
 
 
-class RunError(Exception):
-    """The run cannot start or went wrong in a way the user can fix. `str()` is one line."""
-
-
 # --- workdir ------------------------------------------------------------------------------------------------------
-
-
-def write_json(path: Path, obj) -> None:
-    """Writes atomically, so a kill mid-write never leaves a half file that looks finished."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
@@ -71,181 +63,12 @@ def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
     write_json(saved, config.to_dict())
 
 
-def optimizer_steps(model) -> int:
-    """Optimizer steps so far. `.numpy()` also reads the MirroredVariable that multi-worker training makes."""
-    return int(model.optimizer.iterations.numpy())
-
-
 def finished_epochs_in_backup(workdir: Path) -> int | None:
     """The number of finished epochs recorded by BackupAndRestore, or None when there is no backup."""
     meta = workdir / BACKUP_DIR / "training_metadata.json"
     if not meta.exists():
         return None
     return int(json.loads(meta.read_text())["epoch"])
-
-
-# --- callbacks ----------------------------------------------------------------------------------------------------
-
-
-def _callbacks():
-    """Callback classes live in a function so that importing this module (for --help) does not import Keras."""
-    import keras
-
-    class BestModel(keras.callbacks.Callback):
-        """Saves the best-validation model and stops early; its state survives a restart.
-
-        Keras' ModelCheckpoint and EarlyStopping forget their best value when a run resumes, and a resumed run
-        would then overwrite a better model with a worse one. This one keeps `best`, `best_epoch` and `wait` in a
-        JSON file next to the BackupAndRestore state.
-        """
-
-        def __init__(self, model_path: Path, state_path: Path, patience: int, monitor="val_accuracy", save=True):
-            super().__init__()
-            self.model_path, self.state_path, self.save = model_path, state_path, save
-            self.patience, self.monitor = patience, monitor
-            self.state = {"best": -math.inf, "best_epoch": None, "wait": 0}
-
-        def on_train_begin(self, logs=None):
-            if self.state_path.exists():
-                self.state.update(json.loads(self.state_path.read_text()))
-
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(self.monitor)
-            improved = value is None or value > self.state["best"]  # No validation set: keep the latest model.
-            if improved and self.save:
-                self.model.save(self.model_path)
-            if value is None:
-                self.state.update(best_epoch=epoch + 1)
-            elif improved:
-                self.state.update(best=float(value), best_epoch=epoch + 1, wait=0)
-            else:
-                self.state["wait"] += 1
-                if self.patience and self.state["wait"] >= self.patience:
-                    print(f"\nEarly stopping: no {self.monitor} gain for {self.patience} epochs.")
-                    self.model.stop_training = True
-            if self.save:
-                self.state_path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(self.state_path, self.state)
-
-    class StepBudget(keras.callbacks.Callback):
-        """Stops after `max_steps` optimizer steps in total (counted by the optimizer, so it survives a resume)."""
-
-        def __init__(self, max_steps: int):
-            super().__init__()
-            self.max_steps = max_steps
-
-        def on_train_batch_end(self, batch, logs=None):
-            if optimizer_steps(self.model) >= self.max_steps:
-                self.model.stop_training = True
-
-    class NaNGuard(keras.callbacks.Callback):
-        """Stops at the first non-finite loss and remembers where, so the run can fail with a clear message."""
-
-        def __init__(self):
-            super().__init__()
-            self.bad_step = None
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                self.bad_step = optimizer_steps(self.model)
-                self.model.stop_training = True
-
-    class Throughput(keras.callbacks.Callback):
-        """Steady-state training samples/s: skips each epoch's first batches (tracing, pipeline warm-up) and
-        excludes validation, which runs after the last batch."""
-
-        def __init__(self, global_batch: int, train_examples: int, steps_per_epoch: int):
-            super().__init__()
-            self.global_batch, self.train_examples = global_batch, train_examples
-            self.steps_per_epoch = steps_per_epoch
-            self.samples, self.seconds, self.first_epoch = 0, 0.0, True
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.warmup = 3 if self.first_epoch else 1
-            self.first_epoch, self.start = False, None
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if batch + 1 == self.warmup:
-                self.start = now
-            elif self.start is not None:
-                last = batch == self.steps_per_epoch - 1
-                remainder = self.train_examples - (self.steps_per_epoch - 1) * self.global_batch
-                self.samples += remainder if last else self.global_batch
-                self.seconds, self.start = self.seconds + (now - self.start), now
-
-        @property
-        def samples_per_second(self):
-            return self.samples / self.seconds if self.seconds else None
-
-    return BestModel, StepBudget, NaNGuard, Throughput
-
-
-# --- TensorBoard extras -------------------------------------------------------------------------------------------
-
-
-def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
-    """The HParams summary (so the HParams dashboard compares runs) and the model's forward op graph.
-
-    Keras 3's TensorBoard callback writes the conceptual (layer) graph but no longer the op graph on TF 2.21: we
-    trace the inference function once and write it ourselves.
-    """
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
-
-    forward = tf.function(lambda x: model(x, training=False))
-    graph = forward.get_concrete_function(tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.float32)).graph
-
-    hparams = {k: ("" if v is None else v) for k, v in config.to_dict().items()}
-    with tf.summary.create_file_writer(str(logdir)).as_default():
-        hp.hparams_config(
-            hparams=[hp.HParam(k) for k in hparams],
-            metrics=[
-                hp.Metric("epoch_accuracy", group="validation", display_name="validation accuracy"),
-                hp.Metric("epoch_loss", group="validation", display_name="validation loss"),
-                hp.Metric("test_accuracy", display_name="test accuracy"),
-            ],
-        )
-        hp.hparams(hparams)
-        tf.summary.graph(graph)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = data.NUM_CLASSES):
-    """`<int64>[true, predicted]` counts."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, predictions), 1)
-    return cm
-
-
-def confusion_png(cm: np.ndarray, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")  # No display on servers and CI.
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
-    ax.imshow(cm, cmap="Blues")
-    ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(len(cm)), yticks=range(len(cm)))
-    for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > cm.max() / 2 else "black")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_test_summaries(logdir: Path, metrics: dict, cm: np.ndarray, step: int) -> None:
-    import tensorflow as tf
-
-    with tf.summary.create_file_writer(str(logdir / "test")).as_default():
-        tf.summary.scalar("test_accuracy", metrics["test_accuracy"], step=step)
-        tf.summary.scalar("test_loss", metrics["test_loss"], step=step)
-        image = tf.image.decode_png(confusion_png(cm, "test-set confusion matrix"), channels=4)
-        tf.summary.image("confusion_matrix", image[None], step=step)
-    # Also at the root run, where the HParams dashboard looks for its metrics.
-    with tf.summary.create_file_writer(str(logdir)).as_default():
-        tf.summary.scalar("test_accuracy", metrics["test_accuracy"], step=step)
 
 
 # --- the job ------------------------------------------------------------------------------------------------------
@@ -332,7 +155,6 @@ def train_and_evaluate(
     with strategy.scope():
         model = build_model(config, decay_steps=total_steps)
 
-    BestModel, StepBudget, NaNGuard, Throughput = _callbacks()
     tb_dir = workdir / TENSORBOARD_DIR
     if resumed_from is not None:
         print(f"Resuming from epoch {resumed_from}")
@@ -341,44 +163,49 @@ def train_and_evaluate(
     nan_guard = NaNGuard()
     throughput = Throughput(global_batch, splits.train_examples, steps_per_epoch)
     # Every worker tracks the best epoch (early stopping must stop all of them at once); only the chief saves.
-    best = BestModel(
-        workdir / MODEL_FILE, workdir / BACKUP_DIR / TRAIN_STATE_FILE, config.early_stopping_patience, save=chief
-    )
+    state = RunState(workdir / MODEL_FILE, workdir / BACKUP_DIR / TRAIN_STATE_FILE, config.early_stopping_patience,
+                     first_epoch=resumed_from or 0, save=chief)
     backup = keras.callbacks.BackupAndRestore(str(workdir / BACKUP_DIR), delete_checkpoint=False)
     if not chief:
         # Workers restore from the chief's backup (same --workdir, shared storage across machines) but never write.
         backup._save_model = lambda: None
     callbacks = [
-        # Order matters: the backup must be restored before BestModel reads its state and before the budget runs.
-        backup,
+        EpochSeeds(config.seed),
         nan_guard,
         throughput,
         StepBudget(total_steps),
-        best,
+        # At an epoch's end the run state is written before the backup: a kill in between re-runs that epoch
+        # (identically) rather than resuming past an epoch the history does not have.
+        state,
+        backup,
         *([keras.callbacks.TensorBoard(str(tb_dir), histogram_freq=1, write_graph=True)] if chief else []),
         *extra_callbacks,
     ]
+    # A progress bar rewrites its line with control characters: right for a terminal, noise in a log file or CI.
+    verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
     if needs_custom_loop(strategy):
-        history = fit_custom_loop(
+        fit_custom_loop(
             model, strategy, splits.train, splits.validation,
-            epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+            epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
         )
     else:
-        history = model.fit(
+        model.fit(
             splits.train,
             validation_data=splits.validation,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             shuffle=False,  # The stream is already shuffled per epoch (see data.training_stream).
             callbacks=callbacks,
-            verbose="auto",
+            verbose=verbose,
         )
     train_seconds = time.perf_counter() - start
     if nan_guard.bad_step is not None:
+        where = (f"the best model so far (epoch {state.best_epoch}) is in {workdir / MODEL_FILE}" if state.best_epoch
+                 else "no epoch finished with a finite loss, so no model was saved")
         raise RunError(
             f"loss became NaN at step {nan_guard.bad_step}; lower --lr (now {config.lr:g}) or add --l2, then rerun "
-            f"with a new --workdir (the best model so far is in {workdir / MODEL_FILE})"
+            f"with a new --workdir ({where})"
         )
     if not chief:
         digest = weights_digest(model)
@@ -388,29 +215,32 @@ def train_and_evaluate(
 
     best_model = keras.saving.load_model(workdir / MODEL_FILE)
     metrics, cm = evaluate_once(best_model, splits.test)
-    epochs_done = (resumed_from or 0) + len(history.epoch)
+    spec = data.get_spec(config.dataset)
     metrics.update(
         dataset=config.dataset,
         preset=config.preset,
-        epochs=epochs_done,
+        epochs=state.epochs,
         steps=optimizer_steps(model),
-        best_epoch=best.state["best_epoch"],
-        best_validation_accuracy=None if best.state["best"] == -math.inf else best.state["best"],
+        best_epoch=state.best_epoch,
+        best_validation_accuracy=state.best_value,
         validation_examples=splits.validation_examples,
         train_examples=splits.train_examples,
         train_seconds=round(train_seconds, 2),
         train_samples_per_second=throughput.samples_per_second and round(throughput.samples_per_second, 1),
         num_replicas_in_sync=replicas,
         weights_sha256=weights_digest(model),
-        history={k: [round(float(v), 6) for v in vs] for k, vs in history.history.items()},
+        # Every epoch's, including those run before a restart: time to a given accuracy is computable from them.
+        history={k: [round(v, 6) for v in vs] for k, vs in state.history.items()},
+        epoch_seconds=state.epoch_seconds,
         global_batch_size=global_batch,
-        strategy=config.strategy,
+        strategy=type(strategy).__name__,
+        strategy_requested=config.strategy,
         resumed_from_epoch=resumed_from,
         confusion_matrix=cm.tolist(),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
     )
-    write_test_summaries(tb_dir, metrics, cm, step=epochs_done)
+    write_test_summaries(tb_dir, metrics, cm, spec.class_names, step=state.epochs)
     # An export left by an attempt that died before metrics.json is this run's own, unfinished: replace it.
     shutil.rmtree(workdir / EXPORT_DIR, ignore_errors=True)
     export_saved_model(best_model, workdir / EXPORT_DIR, config.dataset)
@@ -419,7 +249,7 @@ def train_and_evaluate(
     barrier(strategy)
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
-        f"{metrics['test_examples']} images; {epochs_done} epochs in {train_seconds:.0f}s; wrote {workdir}"
+        f"{metrics['test_examples']} images; {state.epochs} epochs in {train_seconds:.0f}s; wrote {workdir}"
     )
     return metrics
 
@@ -429,7 +259,7 @@ def train_and_evaluate(
 
 def parse_flags(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     """Flags → (resolved config, workdir). Raises ConfigError for bad values; argparse exits 2 for bad flags."""
-    parser = config_lib.OneLineParser(
+    parser = cli.OneLineParser(
         prog="python -m tf_rnn.train",
         description="Train an RNN that reads 28x28 images row by row; evaluate once on the test set.",
     )
@@ -443,17 +273,10 @@ def parse_flags(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     return config_lib.resolve(file_values=file_values, overrides=args), Path(workdir)
 
 
+@cli.entry_point(on_interrupt="interrupted; re-run the same command to resume from the last finished epoch")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config, workdir = parse_flags(argv)
-    except ConfigError as e:
-        config_lib.fail(str(e), 2)
-    try:
-        train_and_evaluate(config, workdir)
-    except (RunError, data.DataError) as e:
-        config_lib.fail(str(e), 1)
-    except KeyboardInterrupt:
-        config_lib.fail("interrupted; re-run the same command to resume from the last finished epoch", 130)
+    config, workdir = parse_flags(argv)
+    train_and_evaluate(config, workdir)
     return 0
 
 

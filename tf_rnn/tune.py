@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from tf_rnn import cli
 from tf_rnn import config as config_lib
 from tf_rnn import data
+from tf_rnn.cli import RunError
 from tf_rnn.config import ConfigError, JobConfig, TrainConfig, flag_field
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -200,16 +202,18 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
     """
     import keras
 
+    from tf_rnn.callbacks import write_json
     from tf_rnn.distribute import get_strategy
-    from tf_rnn.train import train_and_evaluate, write_json
+    from tf_rnn.train import train_and_evaluate
 
     workdir = Path(workdir)
     check_workdir(tune, workdir, overwrite)
+    strategy = strategy or get_strategy(tune.strategy)
+    arrays = datasets if datasets is not None else data.load(tune.dataset, tune.data_dir)
+    # Only now, with the data loaded: a search that could not start leaves no workdir to refuse the next command.
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / TUNE_CONFIG_FILE, tune.to_dict())
     keras.utils.set_random_seed(tune.seed)
-    strategy = strategy or get_strategy(tune.strategy)
-    arrays = datasets if datasets is not None else data.load(tune.dataset, tune.data_dir)
     tuner = make_tuner(tune, workdir, arrays, strategy, overwrite)
     callbacks = [
         keras.callbacks.EarlyStopping("val_accuracy", patience=tune.early_stopping_patience, mode="max"),
@@ -221,7 +225,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
 
     rows = trial_rows(tuner)
     if not rows:
-        raise ConfigError("max_trials", tune.max_trials, "no trial finished; see the errors above")
+        raise RunError(f"no trial of {workdir} finished (--max-trials {tune.max_trials}); see the errors above")
     write_trials_csv(rows, workdir / "trials.csv")
     best_hp = tuner.get_best_hyperparameters(1)[0]
     # data_dir is a property of this machine, not of the recipe: leave it out of the shareable file.
@@ -240,7 +244,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
 
 
 def parse_flags(argv=None) -> tuple[TuneConfig, Path, bool]:
-    parser = config_lib.OneLineParser(prog="python -m tf_rnn.tune", description=__doc__)
+    parser = cli.OneLineParser(prog="python -m tf_rnn.tune", description=__doc__)
     parser.add_argument("--workdir", required=True, help="search directory (resumed when it exists)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing search in --workdir")
     config_lib.add_dataclass_flags(parser, TuneConfig)
@@ -249,17 +253,10 @@ def parse_flags(argv=None) -> tuple[TuneConfig, Path, bool]:
     return TuneConfig(**args), workdir, overwrite
 
 
+@cli.entry_point(on_interrupt="interrupted; re-run the same command to resume the search")
 def main(argv=None) -> int:
-    try:
-        tune, workdir, overwrite = parse_flags(argv)
-    except ConfigError as e:
-        config_lib.fail(str(e), 2)
-    try:
-        metrics = tune_and_evaluate(tune, workdir, overwrite=overwrite)
-    except ConfigError as e:
-        config_lib.fail(str(e), 2)
-    except data.DataError as e:
-        config_lib.fail(str(e), 1)
+    tune, workdir, overwrite = parse_flags(argv)
+    metrics = tune_and_evaluate(tune, workdir, overwrite=overwrite)
     print(f"best configuration: test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_examples']} images; "
           f"{workdir / 'trials.csv'}, {workdir / 'best_config.json'}, export in {workdir / 'best_run' / 'saved_model'}")
     return 0

@@ -1,0 +1,110 @@
+"""Every entry point maps errors the same way: bad flag or config value → 2, run or data error → 1, Ctrl-C → 130,
+each as one line and never a traceback; and --config values are type-checked against the dataclass."""
+
+import json
+import re
+
+import keras
+import pytest
+
+from legacy_port import mnist_lstm
+from tf_rnn import cli, convert_tf1, export, predict, train, tune
+
+
+def entry_points(tmp_path, monkeypatch):
+    """name → (main, module, function to make fail, argv that reaches that function)."""
+    # export reads the model first (any failure there is the user's file: a run error, tested in test_export).
+    monkeypatch.setattr(keras.saving, "load_model", lambda path: object())
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "m.keras").write_bytes(b"")
+    return {
+        "train": (train.main, train, "train_and_evaluate", ["--workdir", str(tmp_path / "w")]),
+        "tune": (tune.main, tune, "tune_and_evaluate", ["--workdir", str(tmp_path / "w")]),
+        "export": (export.main, export, "export_saved_model", [str(tmp_path / "m.keras"), "--out", str(tmp_path / "o")]),
+        "predict": (predict.main, predict, "read_images", [str(tmp_path / "sm"), str(tmp_path / "x.npy")]),
+        "convert_tf1": (convert_tf1.main, convert_tf1, "convert", [str(tmp_path), "--out", str(tmp_path / "c.keras")]),
+        "legacy_port": (mnist_lstm.main, mnist_lstm, "read_data_sets", ["--workdir", str(tmp_path / "w")]),
+    }
+
+
+NAMES = ["train", "tune", "export", "predict", "convert_tf1", "legacy_port"]
+
+
+def raiser(exc):
+    def f(*args, **kwargs):
+        raise exc
+
+    return f
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("exc, code, text", [
+    (cli.RunError("the data file /d/x is corrupt; delete it"), 1, "the data file /d/x is corrupt; delete it"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (ValueError("odd\nsecond line"), 1, r"unexpected ValueError: odd"),
+    (cli.UsageError("--units 'abc': must be a int"), 2, "--units 'abc': must be a int"),
+])
+def test_errors_map_to_exit_codes_with_one_line(name, exc, code, text, tmp_path, monkeypatch, capsys):
+    main, module, function, argv = entry_points(tmp_path, monkeypatch)[name]
+    monkeypatch.setattr(module, function, raiser(exc))
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == code, err
+    assert err.count("\n") == 1 and "Traceback" not in err and re.search(text, err), err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_flag_exits_2_with_one_line(name, tmp_path, monkeypatch, capsys):
+    main, _, _, argv = entry_points(tmp_path, monkeypatch)[name]
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "unrecognized arguments: --bogus" in err
+
+
+def test_traceback_on_request(tmp_path, monkeypatch):
+    main, module, function, argv = entry_points(tmp_path, monkeypatch)["train"]
+    monkeypatch.setattr(module, function, raiser(ValueError("a bug")))
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(ValueError, match="a bug"):
+        main(argv)
+
+
+def test_train_run_error_and_ctrl_c_name_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "train_and_evaluate", raiser(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--workdir", str(tmp_path / "w")])
+    assert e.value.code == 130 and "re-run the same command to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"units": "abc"}, r"--units 'abc': must be a int, not str"),
+    ({"units": 8.5}, r"--units 8.5: must be a int, not float"),
+    ({"units": True}, r"--units True: must be a int, not bool"),
+    ({"lr": "0.1"}, r"--lr '0.1': must be a float, not str"),
+    ({"cell": 3}, r"--cell 3: must be a str, not int"),
+    ({"epochs": None}, r"--epochs None: must be set"),
+])
+def test_config_file_values_are_type_checked(values, message, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--config", str(path), "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and re.search(message, err), err
+    assert not (tmp_path / "w").exists()
+
+
+def test_config_file_ints_for_floats_and_nulls_for_optionals_are_fine(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"lr": 1, "steps": None, "data_dir": None}))
+    config, _ = train.parse_flags(["--config", str(path)])
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.steps is None
+
+
+def test_tune_config_is_type_checked_too():
+    with pytest.raises(cli.UsageError, match="--max-trials '3': must be a int"):
+        tune.TuneConfig(max_trials="3")

@@ -1,0 +1,69 @@
+"""CLI: the one-line flag parser and the one error → exit-code mapping that every entry point uses."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import typing
+from pathlib import Path
+
+USAGE, RUN, INTERRUPTED = 2, 1, 130  # Exit codes: bad flag or config value; run or data error; Ctrl-C.
+TRACEBACK_ENV = "TF_RNN_TRACEBACK"  # "1": let unexpected exceptions through with their traceback (debugging).
+
+
+class UsageError(Exception):
+    """A bad flag or config value: exit 2. `str()` is one line naming the value and the fix."""
+
+
+class RunError(Exception):
+    """The run cannot start or went wrong in a way the user can fix (data, files, NaN): exit 1, one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line (no usage block, no traceback) and exits with code 2."""
+
+    def error(self, message):
+        self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def prog_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return f"python -m {spec.name}" if spec else Path(sys.argv[0] or "tf_rnn").name
+
+
+def fail(message: str, code: int = USAGE) -> typing.NoReturn:
+    """Prints one `error:` line and exits (no traceback for the user's mistakes)."""
+    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    print(f"{prog_name()}: error: {first_line}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def entry_point(on_interrupt: str = "interrupted"):
+    """Wraps a `main(argv) -> int` so every CLI maps errors the same way.
+
+    UsageError → exit 2; RunError → exit 1; Ctrl-C → 130 with `on_interrupt` as its line; any other exception →
+    exit 1 with one line naming it (a bug: `TF_RNN_TRACEBACK=1` shows the traceback). argparse's own exits pass.
+    """
+
+    def wrap(body):
+        @functools.wraps(body)
+        def main(argv=None) -> int:
+            try:
+                return body(argv) or 0
+            except UsageError as e:
+                fail(str(e), USAGE)
+            except RunError as e:
+                fail(str(e), RUN)
+            except KeyboardInterrupt:
+                fail(on_interrupt, INTERRUPTED)
+            except Exception as e:  # noqa: BLE001 - one line instead of a raw traceback, unless asked for.
+                if os.environ.get(TRACEBACK_ENV) == "1":
+                    raise
+                fail(f"unexpected {type(e).__name__}: {e} (rerun with {TRACEBACK_ENV}=1 for the traceback)", RUN)
+
+        return main
+
+    return wrap

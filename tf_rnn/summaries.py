@@ -1,0 +1,85 @@
+"""Summaries: what a run adds to TensorBoard beyond Keras' callback — HParams, the op graph, test results."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from tf_rnn import data
+from tf_rnn.config import TrainConfig
+
+
+def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
+    """The HParams summary (so the HParams dashboard compares runs) and the model's forward op graph.
+
+    Keras 3's TensorBoard callback writes the conceptual (layer) graph but no longer the op graph on TF 2.21: we
+    trace the inference function once and write it ourselves.
+    """
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    forward = tf.function(lambda x: model(x, training=False))
+    graph = forward.get_concrete_function(tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.float32)).graph
+
+    hparams = {k: ("" if v is None else v) for k, v in config.to_dict().items()}
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp.hparams_config(
+            hparams=[hp.HParam(k) for k in hparams],
+            metrics=[
+                hp.Metric("epoch_accuracy", group="validation", display_name="validation accuracy"),
+                hp.Metric("epoch_loss", group="validation", display_name="validation loss"),
+                hp.Metric("test_accuracy", display_name="test accuracy"),
+            ],
+        )
+        hp.hparams(hparams)
+        tf.summary.graph(graph)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = data.NUM_CLASSES):
+    """`<int64>[true, predicted]` counts."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, predictions), 1)
+    return cm
+
+
+def confusion_figure(cm: np.ndarray, class_names, title: str):
+    """A matplotlib figure of the counts, both axes labelled with the class names."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # No display on servers and CI.
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 7), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    ticks = range(len(cm))
+    ax.set(xlabel="predicted", ylabel="true", title=title, xticks=ticks, yticks=ticks)
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > cm.max() / 2 else "black")
+    return fig
+
+
+def confusion_png(cm: np.ndarray, class_names, title: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(cm, class_names, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_test_summaries(logdir: Path, metrics: dict, cm: np.ndarray, class_names, step: int) -> None:
+    import tensorflow as tf
+
+    with tf.summary.create_file_writer(str(logdir / "test")).as_default():
+        tf.summary.scalar("test_accuracy", metrics["test_accuracy"], step=step)
+        tf.summary.scalar("test_loss", metrics["test_loss"], step=step)
+        image = tf.image.decode_png(confusion_png(cm, class_names, "test-set confusion matrix"), channels=4)
+        tf.summary.image("confusion_matrix", image[None], step=step)
+    # Also at the root run, where the HParams dashboard looks for its metrics.
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        tf.summary.scalar("test_accuracy", metrics["test_accuracy"], step=step)
