@@ -1,6 +1,6 @@
 """Serving latency of an exported SavedModel: p50/p99 per request at batch 1 and 256.
 
-    python -m benchmarks.serve_latency [MODEL_DIR] [--requests 300]
+    python -m benchmarks.serve_latency [MODEL_DIR] [--requests 300] [--json OUT]
 
 Without MODEL_DIR it exports the `seed` preset's (untrained: latency does not depend on the weights) model to a
 temporary folder first. Requests go through `tf.saved_model.load(...).signatures["serve_uint8"]`, as a serving
@@ -10,6 +10,7 @@ process without tf_rnn would make them.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("model_dir", nargs="?", help="an exported SavedModel (default: export the seed model)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--json", help="write the table as JSON here (the file the README quotes)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     serve = tf.saved_model.load(str(model_dir)).signatures["serve_uint8"]
     rng = np.random.default_rng(0)
     print(f"{'batch':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'images/s at p50':>16s}")
+    rows = []
     for batch in args.batch_sizes:
         images = tf.constant(rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8))
         for _ in range(20):  # Warm-up: the first calls build the function's kernels.
@@ -53,6 +56,12 @@ def main(argv=None) -> int:
             times.append((time.perf_counter() - start) * 1e3)
         p50, p99 = statistics.median(times), percentile(times, 99)
         print(f"{batch:6d} {p50:8.2f} {p99:8.2f} {batch / p50 * 1e3:16,.0f}")
+        rows.append({"batch": batch, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+                     "images_per_s_at_p50": round(batch / p50 * 1e3)})
+    if args.json:
+        command = "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:])
+        Path(args.json).write_text(json.dumps({"command": command, "requests": args.requests, "rows": rows},
+                                              indent=2) + "\n")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Training throughput of the seed's model (1×LSTM(128), batch 128, Adam 1e-3, 28 steps) on real Fashion-MNIST.
 
-    python -m benchmarks.train_throughput [--only NAME] [--repeats 3] [--steps 150] [--json OUT]
+    python -m benchmarks.train_throughput [--only NAME] [--repeats 3] [--steps 150] [--json OUT] [--report OUT]
 
 Contenders, each measured in its own fresh process (TensorFlow's and PyTorch's thread pools never share one),
 alternating round-robin so that a noisy neighbour hurts all of them alike:
@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--json", help="write {name: samples_per_s} here")
+    parser.add_argument("--report", help="write everything printed (repeats, medians, ratios, peak, RSS, versions) "
+                                         "as JSON here: the file the README's table is quoted from")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -210,7 +212,47 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({n: round(v, 1) for n, v in medians.items()}, f, indent=2)
+    if args.report:
+        write_report(args, results, medians, peaks)
     return 0
+
+
+def write_report(args, results, medians, peaks) -> None:
+    import platform
+    from importlib import metadata
+
+    peak = statistics.median(peaks)
+    reference = medians.get("pytorch")
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    report = {
+        "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "versions": {d: version(d) for d in ("tensorflow-cpu", "tensorflow", "keras", "torch")},
+        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "matmul_peak_gflops": {"median": round(peak, 1), "repeats": [round(p, 1) for p in peaks]},
+        "gemm_bound_samples_per_s": round(peak * 1e9 / FLOP_PER_SAMPLE),
+        "contenders": {
+            name: {
+                "samples_per_s_median": round(rate, 1),
+                "samples_per_s_repeats": [round(m["rate"], 1) for m in results[name]],
+                "vs_pytorch": round(rate / reference, 3) if reference else None,
+                "gflops": round(rate * FLOP_PER_SAMPLE / 1e9, 1),
+                "of_matmul_peak": round(rate * FLOP_PER_SAMPLE / 1e9 / peak, 3),
+                "peak_rss_mb": round(max(m["rss_mb"] for m in results[name])),
+            }
+            for name, rate in medians.items()
+        },
+    }
+    with open(args.report, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
 
 
 if __name__ == "__main__":

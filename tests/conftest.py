@@ -73,3 +73,44 @@ def fashion_dir():
             pytest.fail(f"{FASHION_DIR} missing: apt-get install dataset-fashion-mnist")
         pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     return FASHION_DIR
+
+
+# Runs `python -m tf_rnn.train` / `tf_rnn.tune` with the same flags, plus a test-only callback that SIGKILLs its own
+# process at a known point: after optimizer step N (train), or after the first batch of trial N (tune). A kill at a
+# known step, not after a sleep, so the test means the same on a fast machine and a slow one.
+KILL_AT = """
+import os, signal, sys
+import keras
+from tf_rnn import train, tune
+
+job, when, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+
+
+class Kill(keras.callbacks.Callback):
+    fits = 0  # keras-tuner deep-copies callbacks per trial: count trials on the class.
+
+    def on_train_begin(self, logs=None):
+        Kill.fits += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if (job == "train" and step == when) or (job == "tune" and Kill.fits == when):
+            print(f"KILLED at step {step} of fit {Kill.fits}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+if job == "train":
+    config, workdir = train.parse_flags(argv)
+    train.train_and_evaluate(config, workdir, extra_callbacks=[Kill()])
+else:
+    settings, workdir, overwrite = tune.parse_flags(argv)
+    tune.tune_and_evaluate(settings, workdir, overwrite=overwrite, extra_callbacks=[Kill()])
+raise SystemExit("not killed: the kill point was never reached")
+"""
+
+
+def kill_at_command(job: str, when: int, argv: list[str]) -> list[str]:
+    """The command that runs `python -m tf_rnn.<job> ARGV` and SIGKILLs itself at `when` (see KILL_AT)."""
+    import sys
+
+    return [sys.executable, "-c", KILL_AT, job, str(when), *argv]

@@ -189,3 +189,63 @@ def test_hflip_mirrors_a_seeded_half_of_the_training_images(tiny):
     assert np.all(same | mirrored) and 0.4 < mirrored.mean() < 0.6
     again = next(iter(data.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train))[0]
     np.testing.assert_array_equal(again, xf)
+
+
+def _digest(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+def test_fashion_files_are_refused_for_mnist_and_mnist_npz_for_fashion(isolated_data_env, monkeypatch):
+    # MNIST and Fashion-MNIST IDX files share names, sizes and structure: only a known digest tells them apart.
+    # Stand-ins: tiny files whose digests the test makes "known" as the other dataset's.
+    import dataclasses
+
+    arrays = synthetic_arrays(seed=4)
+    folder = write_idx_dir(isolated_data_env / "fashion-files", arrays, compress=False)
+    fashion = {p.name: _digest(p.read_bytes()) for p in folder.iterdir()}
+    monkeypatch.setitem(data.DATASETS, "fashion_mnist",
+                        dataclasses.replace(data.DATASETS["fashion_mnist"], content_sha256=fashion))
+    with pytest.raises(data.DataError) as e:
+        data.load("mnist", data_dir=folder, download=False)
+    assert str(e.value).startswith(f"{folder}: holds fashion_mnist, not mnist") and "--dataset fashion_mnist" in str(e.value)
+    assert data.load("fashion_mnist", data_dir=folder, download=False).x_train.shape == (600, 28, 28)
+
+    npz = isolated_data_env / "npz"
+    npz.mkdir()
+    np.savez(npz / "fashion-mnist.npz", x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test,
+             y_test=arrays.y_test)
+    monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(
+        data.DATASETS["mnist"], npz_sha256=_digest((npz / "fashion-mnist.npz").read_bytes())))
+    with pytest.raises(data.DataError, match=f"{npz}: holds mnist, not fashion_mnist .*--dataset mnist"):
+        data.load("fashion_mnist", data_dir=npz, download=False)
+
+
+def test_real_fashion_mnist_is_refused_as_mnist(fashion_dir, isolated_data_env, monkeypatch):
+    monkeypatch.setattr(data, "COUNTS", {"train": 60_000, "test": 10_000})
+    with pytest.raises(data.DataError, match=f"{fashion_dir}: holds fashion_mnist, not mnist"):
+        data.load("mnist", data_dir=fashion_dir, download=False)
+
+
+@pytest.mark.parametrize("bad_label", [10, -1, 255])
+def test_npz_with_out_of_range_labels_is_refused(isolated_data_env, bad_label):
+    arrays = synthetic_arrays(seed=6)
+    y_train = arrays.y_train.copy()
+    y_train[17] = bad_label
+    folder = isolated_data_env / "npz"
+    folder.mkdir()
+    np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train, y_train=y_train, x_test=arrays.x_test,
+             y_test=arrays.y_test)
+    with pytest.raises(data.DataError, match=rf"fashion-mnist.npz: label {bad_label} out of range \[0, 10\)"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
+def test_npz_with_float_labels_is_refused(isolated_data_env):
+    arrays = synthetic_arrays(seed=6)
+    folder = isolated_data_env / "npz"
+    folder.mkdir()
+    np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train, y_train=arrays.y_train + 0.5,
+             x_test=arrays.x_test, y_test=arrays.y_test)
+    with pytest.raises(data.DataError, match=r"labels are float64, expected integers"):
+        data.load("fashion_mnist", data_dir=folder, download=False)

@@ -101,6 +101,8 @@ def test_signatures_refuse_wrong_shape_dtype_and_range(exported, images):
         serve(images=tf.constant(images.astype("float32")))  # 0-255 floats: refused, not silently misread.
     with pytest.raises(tf.errors.InvalidArgumentError):
         serve(images=tf.fill([1, 28, 28], float("nan")))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"float32 in \[0, 1\]"):
+        serve(images=tf.fill([1, 28, 28], -0.5))  # Negative values: refused too, not answered.
 
 
 def test_export_never_overwrites(model, exported, capsys, tmp_path):
@@ -132,6 +134,7 @@ def test_predict_reads_every_format_and_agrees_with_the_model(model, exported, i
     ("nan.npy", np.full((2, 28, 28), np.nan, np.float32), "contains NaN"),
     ("big.npy", np.zeros((2, 32, 32), np.uint8), r"shape \[2, 32, 32\]; expected \[28, 28\]"),
     ("range.npy", np.full((1, 28, 28), 255.0, np.float32), r"values in \[255, 255\]; expected uint8"),
+    ("negative.npy", np.full((1, 28, 28), -0.25, np.float32), r"values in \[-0.25, -0.25\]; expected uint8"),
     ("bad.png", b"not a png", "bad.png: cannot be decoded"),
     ("trunc-idx3-ubyte", idx_bytes(np.zeros((3, 28, 28)), "images")[:-5], "header promises 3x28x28"),
     ("notes.txt", b"hello", "unknown file type"),
@@ -149,3 +152,26 @@ def test_predict_bad_inputs_get_one_line(exported, tmp_path, capsys, name, conte
     assert e.value.code == 1 and err.count("\n") == 1
     import re
     assert re.search(message, err), err
+
+
+def test_predict_numbers_each_image_by_its_index_in_the_file_across_batches(model, exported, tmp_path, capsys):
+    # Five different images sent in batches of 2: the index column must count across batches (0..4), and each
+    # line's class must be the model's answer for that very image.
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "five.npy", images)
+    assert predict.main([str(exported), str(tmp_path / "five.npy"), "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = model.predict(images / 255, verbose=0)
+    assert [line.split("\t")[0] for line in lines] == [f"{tmp_path / 'five.npy'}[{k}]" for k in range(5)]
+    for k, line in enumerate(lines):
+        cls, prob = int(line.split("\t")[1].split()[0]), float(line.split("\t")[2][2:])
+        assert cls == expected[k].argmax()
+        assert prob == pytest.approx(float(tf.nn.softmax(expected[k])[cls]), abs=1e-4)
+
+
+def test_predict_refuses_a_zero_batch_size(exported, tmp_path, capsys):
+    np.save(tmp_path / "a.npy", np.zeros((1, 28, 28), np.uint8))
+    with pytest.raises(SystemExit) as e:
+        predict.main([str(exported), str(tmp_path / "a.npy"), "--batch-size", "0"])
+    assert e.value.code == 2 and "--batch-size 0: must be >= 1" in capsys.readouterr().err

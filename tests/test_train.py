@@ -200,5 +200,83 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
     with pytest.raises(train.RunError, match=r"loss became NaN at step 5; lower --lr \(now 0.01\)") as e:
         run(tmp_path, epochs=3, callbacks=[PoisonWeights()])
     assert "\n" not in str(e.value)
+    # In epoch 1 no epoch had finished: the message must not point at a model that holds the NaN weights.
+    assert "no epoch finished with a finite loss, so no model was saved" in str(e.value)
+    assert not (tmp_path / "run" / "model.keras").exists()
     assert "Epoch 2/3" not in capsys.readouterr().out  # It stopped at once, not at the end of the run.
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+class PoisonLater(PoisonWeights):
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.optimizer.iterations.numpy() == 20:  # Epoch 2 of 15 steps each.
+            super().on_train_batch_end(3)
+
+
+def test_nan_after_a_good_epoch_names_the_saved_best_model(tmp_path):
+    with pytest.raises(train.RunError, match=r"the best model so far \(epoch 1\) is in .*model.keras") as e:
+        run(tmp_path, epochs=3, callbacks=[PoisonLater()])
+    weights = keras.saving.load_model(tmp_path / "run" / "model.keras").get_weights()
+    assert all(np.isfinite(w).all() for w in weights), str(e.value)
+
+
+class KillAtStep(keras.callbacks.Callback):
+    """Stops the run at a known optimizer step, in the middle of an epoch (no backup of that epoch exists)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise KeyboardInterrupt
+
+
+# The default preset's randomness on tiny data: dropout between layers and on the output, flips, smoothing, cosine.
+DEFAULT_LIKE = dict(layers=2, dropout=0.25, augment="hflip", label_smoothing=0.1, lr_schedule="cosine", lr=5e-3)
+
+
+def test_killed_mid_epoch_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path, capsys):
+    straight = run(tmp_path, "straight", **DEFAULT_LIKE)  # 3 epochs of 15 steps.
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed", callbacks=[KillAtStep(22)], **DEFAULT_LIKE)  # Mid epoch 2.
+    capsys.readouterr()
+    resumed = run(tmp_path, "resumed", **DEFAULT_LIKE)
+    assert "Resuming from epoch 1" in capsys.readouterr().out and resumed["resumed_from_epoch"] == 1
+    # The final weights, not the best model (which may predate the kill), and bit for bit.
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    assert resumed["history"] == straight["history"] and resumed["epochs"] == 3
+    assert resumed["best_epoch"] == straight["best_epoch"] and resumed["test_loss"] == straight["test_loss"]
+    assert len(resumed["epoch_seconds"]) == 3  # Epoch 1's time survived the restart.
+
+
+def test_metrics_record_the_strategy_that_ran_epoch_times_and_the_schedule_per_epoch(tmp_path):
+    metrics = run(tmp_path, epochs=3, steps=40, lr_schedule="cosine")  # 15 steps per epoch, capped at 40.
+    assert metrics["strategy"] == type(tf.distribute.get_strategy()).__name__  # No public name: the class's.
+    assert metrics["strategy_requested"] == "auto"
+    assert len(metrics["epoch_seconds"]) == 3 and all(t > 0 for t in metrics["epoch_seconds"])
+    assert all(len(v) == 3 for v in metrics["history"].values())
+    # The rate at each epoch's end is the cosine over the whole run's 40 steps, at steps 15, 30 and 40.
+    expected = [1e-2 * 0.5 * (1 + np.cos(np.pi * s / 40)) for s in (15, 30, 40)]
+    np.testing.assert_allclose(metrics["history"]["learning_rate"], expected, atol=1e-6)
+
+
+def test_output_off_a_terminal_is_one_line_per_epoch(tmp_path, capsys):
+    run(tmp_path, epochs=3)
+    out = capsys.readouterr().out  # pytest's capture is not a terminal, as a log file or CI is not.
+    assert "\r" not in out and "\x08" not in out
+    progress = [line for line in out.splitlines() if re.match(r"\s*\d+/\d+ ", line)]
+    assert len(progress) == 3 and all(line.lstrip().startswith("15/15") for line in progress), out
+
+
+def test_confusion_matrix_is_labelled_with_the_datasets_class_names(tmp_path, monkeypatch):
+    from tf_rnn import data, summaries
+
+    seen = []
+    monkeypatch.setattr(train, "write_test_summaries", lambda logdir, m, cm, names, step: seen.append(names))
+    run(tmp_path, epochs=1)
+    assert seen == [data.DATASETS["mnist"].class_names]
+    figure = summaries.confusion_figure(np.eye(10, dtype=int), data.DATASETS["fashion_mnist"].class_names, "t")
+    labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert labels == list(data.DATASETS["fashion_mnist"].class_names)
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == labels

@@ -123,28 +123,41 @@ def test_bad_flags(argv, message, capsys, tmp_path):
     assert e.value.code == 2 and message in err and err.count("\n") == 1
 
 
+def test_a_search_that_cannot_load_its_data_leaves_no_workdir(tmp_path, capsys, isolated_data_env, monkeypatch):
+    from tf_rnn import data
+
+    monkeypatch.setattr(data, "_download", lambda spec: (_ for _ in ()).throw(data.DataError("download failed: offline")))
+    argv = ["--workdir", str(tmp_path / "s"), "--dataset", "fashion_mnist", "--tuner", "random"]
+    with pytest.raises(SystemExit) as e:
+        tune.main(argv)
+    assert e.value.code == 1 and "fashion_mnist not found in" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # So the corrected command is not refused as "another search".
+
+
+def test_no_finished_trial_is_a_run_error_exit_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(kt.RandomSearch, "search", lambda self, *a, **k: None)  # Every trial failed.
+    monkeypatch.setattr(tune.data, "load", lambda *a, **k: synthetic_arrays())
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--workdir", str(tmp_path / "s"), "--tuner", "random", "--max-trials", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and "no trial of" in err and "finished" in err
+
+
 @pytest.mark.slow
 def test_search_killed_with_sigkill_resumes_through_the_cli(tmp_path, fashion_dir):
-    import os
     import signal
     import subprocess
     import sys
-    import time
+
+    from conftest import kill_at_command
 
     # 600 training images (validation_split 0.99) keep each trial to seconds; the search is still real data.
-    cmd = [sys.executable, "-m", "tf_rnn.tune", "--tuner", "random", "--max-trials", "2", "--epochs", "1",
-           "--final-epochs", "1", "--validation-split", "0.99", "--dataset", "fashion_mnist",
-           "--data-dir", str(fashion_dir), "--workdir", str(tmp_path / "s")]
-    log = tmp_path / "first.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 600
-        while b"Search: Running Trial #2" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--final-epochs", "1",
+            "--validation-split", "0.99", "--dataset", "fashion_mnist", "--data-dir", str(fashion_dir),
+            "--workdir", str(tmp_path / "s")]
+    killed = subprocess.run(kill_at_command("tune", 2, argv), capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL and "of fit 2" in killed.stdout, killed.stderr[-3000:]
+    again = subprocess.run([sys.executable, "-m", "tf_rnn.tune", *argv], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Running Trial #1" not in again.stdout and "Trial 2 Complete" in again.stdout  # Trial 1 was kept.
     with (tmp_path / "s" / "trials.csv").open() as f:

@@ -36,6 +36,13 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The strategy's public class name, as users write it (`MultiWorkerMirroredStrategy`, whose class is
+    `CollectiveAllReduceStrategy`); the class name itself where TensorFlow exports none (the default strategy)."""
+    public = [name for name in dir(tf.distribute) if getattr(tf.distribute, name) is type(strategy)]
+    return min(public, key=len) if public else type(strategy).__name__
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's files. Multi-worker: the `chief` task, else worker 0."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -53,7 +60,13 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     evaluates and exports make the coordination service report them as crashed; this keeps them until it is done."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Inside a tf.function: run eagerly, the collective logs a performance warning on every call.
-        tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.ones([])), None))()
+        def one():
+            return tf.ones([])
+
+        def all_reduce():
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(one), None)
+
+        tf.function(all_reduce)()
 
 
 def needs_custom_loop(strategy: tf.distribute.Strategy) -> bool:

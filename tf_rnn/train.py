@@ -122,7 +122,7 @@ def train_and_evaluate(
     import keras
     import tensorflow as tf
 
-    from tf_rnn.distribute import barrier, fit_custom_loop, get_strategy, is_chief, needs_custom_loop
+    from tf_rnn.distribute import barrier, fit_custom_loop, get_strategy, is_chief, needs_custom_loop, strategy_name
     from tf_rnn.export import export_saved_model
     from tf_rnn.models import build_model
 
@@ -233,7 +233,7 @@ def train_and_evaluate(
         history={k: [round(v, 6) for v in vs] for k, vs in state.history.items()},
         epoch_seconds=state.epoch_seconds,
         global_batch_size=global_batch,
-        strategy=type(strategy).__name__,
+        strategy=strategy_name(strategy),
         strategy_requested=config.strategy,
         resumed_from_epoch=resumed_from,
         confusion_matrix=cm.tolist(),
