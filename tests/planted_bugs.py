@@ -1,0 +1,82 @@
+"""Planted bugs: each is a plausible slip in one promise; the fast tests named beside it must go red.
+
+    .venv/bin/python tests/planted_bugs.py [INDEX ...]
+
+Each bug is planted alone, in a fresh copy of the working tree (in a temporary folder, put first on PYTHONPATH so
+that subprocess tests import the copy too), and the named fast tests (`-m "not slow"`) run there. A bug that no
+test catches is reported as SURVIVED and the script exits 1. Not collected by pytest (it runs pytest itself).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent
+PY = sys.executable
+# (what the bug breaks, file, the correct text, the planted text, the fast tests that must fail)
+BUGS = [
+ # (id, file, old, new, tests)
+ ("best epoch = latest", "tf_rnn/callbacks.py", "        return scores.index(best) + 1", "        return len(scores)", "tests/test_callbacks.py"),
+ ("early stopping one epoch late", "tf_rnn/callbacks.py", "if self.patience and self.wait >= self.patience:", "if self.patience and self.wait > self.patience:", "tests/test_callbacks.py"),
+ ("restart does not truncate history", "tf_rnn/callbacks.py", 'v[:self.first_epoch] for k, v in state["history"].items()}', 'v for k, v in state["history"].items()}', "tests/test_callbacks.py"),
+ ("NaN epoch saved as best", "tf_rnn/callbacks.py", "            return  # Diverged: NaNGuard stops the run and reports it.", "            pass", "tests/test_callbacks.py tests/test_train.py -k nan"),
+ ("cosine schedule not used", "tf_rnn/models.py", 'if config.lr_schedule == "cosine" and decay_steps:', 'if config.lr_schedule == "cosine" and decay_steps and False:', "tests/test_callbacks.py"),
+ ("cosine over one epoch, not the run", "tf_rnn/train.py", "model = build_model(config, decay_steps=total_steps)", "model = build_model(config, decay_steps=steps_per_epoch)", "tests/test_train.py -k metrics_record"),
+ ("throughput ignores short last batch", "tf_rnn/callbacks.py", "self.samples += remainder if last else self.global_batch", "self.samples += self.global_batch", "tests/test_callbacks.py -k throughput"),
+ ("throughput counts warm-up", "tf_rnn/callbacks.py", "self.warmup = 3 if self.first_epoch else 1", "self.warmup = 1", "tests/test_callbacks.py -k throughput"),
+ ("TF1 forget bias dropped", "tf_rnn/convert_tf1.py", "keras_bias = np.concatenate([bi, bf + forget_bias, bj, bo])", "keras_bias = np.concatenate([bi, bf + 1.0, bj, bo])", "tests/test_legacy_port.py -k many_steps"),
+ ("legacy accuracy vs wrong labels", "legacy_port/mnist_lstm.py", "test_accuracy, _ = evaluate(sess, g, mnist.test.images, mnist.test.labels)", "test_accuracy, _ = evaluate(sess, g, mnist.test.images, mnist.train.labels[:mnist.test.num_examples])", "tests/test_legacy_port.py -k true_test_labels"),
+ ("predict index restarts per batch", "tf_rnn/predict.py", 'where = f"{path}[{start + k}]"', 'where = f"{path}[{k}]"', "tests/test_export.py -k index"),
+ ("serving accepts negative floats", "tf_rnn/export.py", "tf.reduce_all((images >= 0.0) & (images <= 1.0))", "tf.reduce_all((images >= -1.0) & (images <= 1.0))", "tests/test_export.py -k refuse"),
+ ("predict accepts negative floats", "tf_rnn/predict.py", "if array.min() < 0 or array.max() > 1:", "if array.max() > 1:", "tests/test_export.py -k bad_inputs"),
+ ("npz labels unchecked", "tf_rnn/data.py", "        _check_labels(y, Path(where))\n", "", "tests/test_data.py -k npz"),
+ ("negative labels pass", "tf_rnn/data.py", "bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]", "bad = labels[labels >= NUM_CLASSES]", "tests/test_data.py -k npz"),
+ ("run error exits 2", "tf_rnn/cli.py", "                fail(str(e), RUN)\n            except KeyboardInterrupt:", "                fail(str(e), USAGE)\n            except KeyboardInterrupt:", "tests/test_cli.py"),
+ ("Ctrl-C exits 1", "tf_rnn/cli.py", "fail(on_interrupt, INTERRUPTED)", "fail(on_interrupt, RUN)", "tests/test_cli.py"),
+ ("dropout not reseeded per epoch", "tf_rnn/train.py", "        EpochSeeds(config.seed),\n", "", "tests/test_train.py -k killed_mid_epoch"),
+ ("fused ops in inference/export traces", "tf_rnn/layers.py", "        if not (isinstance(training, bool) and training):\n            return False\n", "", "tests/test_saving.py tests/test_fused.py -k 'infers or every_save_path'"),
+ ("import tf_rnn registers nothing", "tf_rnn/__init__.py", "from tf_rnn import layers, models  # noqa: E402, F401\n", "", "tests/test_saving.py -k import_tf_rnn"),
+ ("Fashion accepted as MNIST", "tf_rnn/data.py", "        _refuse_other_dataset(digest, path, spec)\n        want", "        want", "tests/test_data.py -k refused"),
+ ("tune writes workdir before data", "tf_rnn/tune.py", "    check_workdir(tune, workdir, overwrite)\n", "    check_workdir(tune, workdir, overwrite)\n    workdir.mkdir(parents=True, exist_ok=True)\n", "tests/test_tune.py -k cannot_load"),
+ ("config types unchecked", "tf_rnn/config.py", "            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):", "            if False:", "tests/test_cli.py -k type"),
+ ("metrics record requested strategy", "tf_rnn/train.py", "strategy=strategy_name(strategy),", "strategy=config.strategy,", "tests/test_train.py -k metrics_record"),
+ ("progress bar off a terminal", "tf_rnn/train.py", "verbose = 1 if sys.stdout.isatty() else 2", "verbose = 1", "tests/test_train.py -k terminal"),
+ ("confusion matrix unlabelled", "tf_rnn/summaries.py", "    ax.set_xticklabels(class_names, rotation=45, ha=\"right\")\n", "", "tests/test_train.py -k confusion"),
+ ("FIX numbers off", "legacy_port/mnist_lstm.py", "# FIX(8): the seed drew", "# FIX(7): the seed drew", "tests/test_legacy_port.py -k fix_markers"),
+ ("NaN message blames model.keras", "tf_rnn/train.py", 'else "no epoch finished with a finite loss, so no model was saved")', 'else f"the best model so far is in {workdir / MODEL_FILE}")', "tests/test_train.py -k nan"),
+]
+
+
+
+def main(only: list[str]) -> int:
+    survived = 0
+    scratch = Path(tempfile.mkdtemp(prefix="planted-"))
+    for i, (name, file, old, new, tests) in enumerate(BUGS):
+        if only and str(i) not in only:
+            continue
+        tree = scratch / f"tree{i}"
+        shutil.copytree(SRC, tree, ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "runs", "__pycache__"))
+        path = tree / file
+        text = path.read_text()
+        assert text.count(old) == 1, f"bug {i} ({name}): the correct text is not in {file} exactly once"
+        path.write_text(text.replace(old, new))
+        # The kernel cache is keyed by its source, which no bug here touches: share the checkout's build.
+        env = {**os.environ, "PYTHONPATH": str(tree),
+               "TF_RNN_CACHE": os.environ.get("TF_RNN_CACHE", str(SRC / ".cache" / "tf_rnn"))}
+        cmd = f"{PY} -m pytest -q -x -m 'not slow' -p no:cacheprovider {tests}"
+        out = subprocess.run(cmd, shell=True, cwd=tree, env=env, capture_output=True, text=True)
+        failed = [line.split(" - ")[0].removeprefix("FAILED ") for line in out.stdout.splitlines()
+                  if line.startswith("FAILED")]
+        caught = out.returncode == 1 and bool(failed)
+        survived += not caught
+        print(f"{i:2d} {'caught  ' if caught else 'SURVIVED'} {name:40s} {failed[0] if failed else out.stdout[-200:]}",
+              flush=True)
+        shutil.rmtree(tree, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
