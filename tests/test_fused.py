@@ -2,6 +2,9 @@
 never reaches an export."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -107,8 +110,8 @@ def test_training_through_the_fused_path_equals_keras(kernels, monkeypatch):
 
 
 def test_falls_back_to_keras_when_the_kernel_cannot_be_built(fresh, monkeypatch):
-    monkeypatch.setattr(fused, "build", lambda: (_ for _ in ()).throw(RuntimeError("no C++ compiler (g++) on PATH")))
-    with pytest.warns(UserWarning, match="fused CPU LSTM kernel unavailable .*no C\\+\\+ compiler.*keras.layers.LSTM"):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.warns(UserWarning, match="fused CPU LSTM kernel unavailable .*no C\\+\\+ compiler \\(no-such-compiler\\).*keras.layers.LSTM"):
         assert not fused.available()
     rnn = StackedRNN(units=[8])
     x = np.random.rand(3, 28, 28).astype("float32")
@@ -124,9 +127,175 @@ def test_on_by_default_and_off_when_switched_off(kernels, monkeypatch):
 
 
 def test_export_contains_no_custom_ops(kernels, tmp_path):
-    model = build_model(resolve(overrides=dict(units=8, layers=2)))
+    model = build_model(resolve(overrides=dict(units=8, layers=2, dropout=0.0)))
     x = np.random.rand(4, 28, 28).astype("float32")
     ops = export.saved_model_op_types(export.export_saved_model(model, tmp_path / "sm"))
     assert not [op for op in ops if op.startswith("TfRnn")]  # Servable without tf_rnn's compiled kernels.
     served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(served["logits"], model(x, training=True), atol=1e-5)  # Fused, without dropout.
+
+
+# --- delivery: build, info, a shared cache ---------------------------------------------------------------------
+
+
+def test_build_and_info_commands(kernels, capsys):
+    assert fused.main(["build"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == str(fused.kernel_path()) and os.path.exists(path)
+    assert fused.main(["info"]) == 0
+    assert capsys.readouterr().out.strip() == f"fused CPU LSTM: used here (kernel {path})"
+
+
+def test_info_and_build_say_why_not(fresh, monkeypatch, capsys):
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    fused.main(["info"])
+    assert "not used here: switched off (TF_RNN_FUSED=0)" in capsys.readouterr().out
+    monkeypatch.delenv(fused.ENV_SWITCH)
+    monkeypatch.setattr(fused, "cpu_flags", lambda: {"sse2", "avx"})
+    fused.main(["info"])
+    assert "not used here: the CPU lacks avx2, fma" in capsys.readouterr().out
+    assert not fused.available()  # Steps aside without trying to build.
+    with pytest.raises(SystemExit) as e:
+        fused.main(["build"])
+    assert e.value.code == 1 and "not for this host: the CPU lacks avx2, fma" in capsys.readouterr().err
+    monkeypatch.setattr(fused, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(SystemExit) as e:
+        fused.main(["build"])
+    assert e.value.code == 1 and "no C++ compiler (no-such-compiler) on PATH" in capsys.readouterr().err
+
+
+def test_cache_key_covers_compiler_version_and_flags(kernels, monkeypatch):
+    base = fused.kernel_path()
+    monkeypatch.setattr(fused, "compiler", lambda: ("/usr/bin/g++", "g++ (Debian 99.0) 99.0"))
+    other_version = fused.kernel_path()
+    monkeypatch.setattr(fused, "CXX_FLAGS", [*fused.CXX_FLAGS, "-DX"])
+    other_flags = fused.kernel_path()
+    assert len({base, other_version, other_flags}) == 3
+    assert "-march=native" not in fused.CXX_FLAGS and {"-mavx2", "-mfma"} <= set(fused.CXX_FLAGS)
+
+
+# A process that builds into $TF_RNN_CACHE with the compile step replaced by a copy of an already built kernel
+# (the real compile takes a minute; what is tested here is the locking and publishing around it). Each "compile"
+# appends a line to a log, so the test can count them across processes.
+FAKE_BUILD = textwrap.dedent("""
+    import shutil, sys, time
+    from tf_rnn import fused
+    good, log = sys.argv[1], sys.argv[2]
+
+    def fake_compile(out):
+        with open(log, "a") as f:
+            f.write("compile\\n")
+        time.sleep(3)  # Long enough for the other processes to arrive at the lock.
+        tmp = out.with_name(out.name + ".tmp-test")
+        shutil.copy(good, tmp)
+        tmp.replace(out)
+
+    fused._compile = fake_compile
+    print(fused.build())
+""")
+
+
+def fake_build(good, log, cache, n=1):
+    env = {**os.environ, fused.CACHE_ENV: str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen([sys.executable, "-c", FAKE_BUILD, str(good), str(log)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    return [(p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+def test_processes_starting_together_on_an_empty_cache_compile_once_and_all_load(kernels, tmp_path):
+    results = fake_build(fused.kernel_path(), tmp_path / "compiles.log", tmp_path / "cache", n=3)
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    paths = {out.strip() for _, out, _ in results}
+    assert len(paths) == 1 and (tmp_path / "compiles.log").read_text().count("compile") == 1
+    (path,) = paths
+    assert fused.load_error(path) is None and not [f for f in (tmp_path / "cache").iterdir() if "tmp" in f.name]
+
+
+def test_a_truncated_cached_kernel_is_rebuilt(kernels, tmp_path):
+    cache = tmp_path / "cache"
+    first = fake_build(fused.kernel_path(), tmp_path / "compiles.log", cache)
+    path = first[0][1].strip()
+    with open(path, "r+b") as f:
+        f.truncate(1000)  # As a full disk or a killed copy would leave it.
+    assert fused.load_error(path) is not None
+    (code, out, err), = fake_build(fused.kernel_path(), tmp_path / "compiles.log", cache)
+    assert code == 0 and out.strip() == path and "does not load" in err and "rebuilding it" in err
+    assert (tmp_path / "compiles.log").read_text().count("compile") == 2 and fused.load_error(path) is None
+
+
+@pytest.mark.slow
+def test_two_real_builds_racing_on_an_empty_cache_compile_once(tmp_path):
+    env = {**os.environ, fused.CACHE_ENV: str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tf_rnn.fused", "build"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(p.wait(timeout=900), *p.communicate()) for p in procs]
+    assert [r[0] for r in results] == [0, 0], results
+    assert sum(err.count("compiling the fused CPU LSTM kernel") for _, _, err in results) == 1
+    (path,) = {out.strip() for _, out, _ in results}
+    assert fused.load_error(path) is None
+
+
+# --- edge cases ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch,time", [(0, 5), (3, 0), (0, 0)])
+def test_zero_sized_batch_or_time(kernels, batch, time):
+    layer = keras.layers.LSTM(6, return_sequences=True)
+    layer.build((None, None, 4))
+    cell = layer.cell
+    x = tf.zeros([batch, time, 4])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        h = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, return_sequences=True)
+        loss = tf.reduce_sum(h)
+    dx, dw = tape.gradient(loss, [x, cell.kernel])
+    assert h.shape == (batch, time, 6) and dx.shape == (batch, time, 4) and dw.shape == (4, 24)
+    assert not np.asarray(dw).any()
+
+
+def test_jit_compile_trains_through_keras_lstm(kernels, monkeypatch):
+    calls = []
+    real = fused.lstm
+    monkeypatch.setattr(fused, "lstm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build_model(resolve(overrides=dict(units=8, layers=1, dropout=0.0)))
+    x, y = np.random.rand(16, 28, 28).astype("float32"), np.zeros(16, "int64")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert calls  # Without XLA: the fused path.
+    calls.clear()
+    model.compile(optimizer="adam", loss=model.loss, jit_compile=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # XLA has no kernel for the ops: this would fail.
+    assert not calls
+
+
+THREADS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+    import keras
+    from tf_rnn import fused
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((100, 5, 7)).astype("float32"))
+    layer = keras.layers.LSTM(16)
+    layer.build(x.shape)
+    weights = [layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias]
+    for w in weights:  # Fixed weights, not a seeded initializer: the same in every process.
+        w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.sin(3 * fused.lstm(x, *weights)))
+    np.savez(sys.argv[2], *[np.asarray(g) for g in tape.gradient(loss, weights)])
+""")
+
+
+def test_gradients_are_bitwise_equal_with_1_to_4_threads(kernels, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for n in (1, 2, 3, 4):
+        out = subprocess.run([sys.executable, "-c", THREADS, str(n), str(tmp_path / f"g{n}.npz")], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+    grads = [np.load(tmp_path / f"g{n}.npz") for n in (1, 2, 3, 4)]
+    for g in grads[1:]:
+        for key in grads[0].files:
+            np.testing.assert_array_equal(g[key], grads[0][key])
+    assert np.abs(grads[0]["arr_1"]).max() > 0  # The recurrent kernel's gradient: a real sum over rows and steps.

@@ -1,89 +1,209 @@
 """Fused: tf_rnn's CPU LSTM — a whole layer as one compiled op forward and one backward (kernels/lstm_sequence.cc).
 
 On a CPU, TensorFlow trains an LSTM at the speed of its op dispatch (~1,000 small ops per training step); these
-two ops do the same arithmetic as `keras.layers.LSTM` in two dispatches, ~1.6x faster (README, Performance).
-The kernel compiles from this package's source with g++ on first use (15-60 s, then cached); without a compiler
-it warns once and Keras' LSTM does the work. Never used where a GPU is visible (cuDNN is the fast path there) nor
-in exports. `TF_RNN_FUSED=0` switches it off.
+two ops do the same arithmetic as `keras.layers.LSTM` in two dispatches (README, Performance).
+
+    python -m tf_rnn.fused build    # compile (or find) the kernel, print its path
+    python -m tf_rnn.fused info     # is the fused path used here, and if not, why
+
+The kernel is compiled from this package's source with `$CXX` (default g++) into `$TF_RNN_CACHE` (default
+~/.cache/tf_rnn), once per source, TensorFlow, compiler and flags. It is built for AVX2 + FMA (not
+`-march=native`, so a cache shared between machines holds code every AVX2 CPU runs); on CPUs without them, where
+its portable loops measured slower than Keras' LSTM, the path steps aside. Builds are safe to race: a file lock
+serialises them, each writes a unique temporary file, test-loads it in a separate process and only then publishes
+it under its final name. Used only in training steps, on a CPU, in float32, outside XLA; never where a GPU or TPU
+is visible. `TF_RNN_FUSED=0` switches it off.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import tensorflow as tf
 
+from tf_rnn import cli
+
 KERNEL_SOURCE = Path(__file__).parent / "kernels" / "lstm_sequence.cc"
 ENV_SWITCH = "TF_RNN_FUSED"  # "0" leaves Keras' LSTM everywhere; unset or anything else: the fused path.
+CACHE_ENV = "TF_RNN_CACHE"
+# The fast products need AVX2 and FMA; nothing else is assumed about the CPU (no -march=native).
+CPU_FEATURES = ("avx2", "fma")
+CXX_FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-w"]
+LOCK_TIMEOUT_S = 900  # A build takes 15-60 s; a lock held this long belongs to a process that hung.
 
 _module = None
 _tried = False
 
 
+class BuildError(cli.RunError):
+    """The kernel cannot be built or loaded here. `str()` is one line saying why."""
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("TF_RNN_CACHE", Path.home() / ".cache" / "tf_rnn"))
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tf_rnn"))
 
 
-def _cpu_flags() -> bytes:
-    # -march=native code must not be reused on another CPU: the cache key includes the CPU's feature flags.
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (x86 Linux), or None where they cannot be read."""
     try:
-        return next(line for line in Path("/proc/cpuinfo").read_bytes().splitlines() if line.startswith(b"flags"))
-    except (OSError, StopIteration):
-        return b""
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def unsupported_reason() -> str | None:
+    """Why this host must not use the fused path (before any build), or None when it may."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"switched off ({ENV_SWITCH}=0)"
+    if tf.config.list_logical_devices("GPU"):
+        return "a GPU is visible (Keras' cuDNN kernel is the fast path there)"
+    if tf.config.list_logical_devices("TPU"):
+        return "a TPU is visible"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the CPU is {platform.machine()}, not x86-64 with AVX2 (Keras' LSTM is faster than portable loops)"
+    flags = cpu_flags()
+    missing = [f for f in CPU_FEATURES if flags is None or f not in flags]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)} (Keras' LSTM is faster than the portable loops there)"
+    return None
+
+
+def compiler() -> tuple[str, str]:
+    """(`$CXX` resolved to a path, its version line). Raises BuildError when there is none."""
+    cxx = os.environ.get("CXX", "g++")
+    path = shutil.which(cxx)
+    if not path:
+        raise BuildError(f"no C++ compiler ({cxx}) on PATH; install g++ or set $CXX")
+    done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    return path, (done.stdout.splitlines() or ["unknown version"])[0]
+
+
+def build_command(cxx: str, out: Path) -> list[str]:
+    return [cxx, *CXX_FLAGS, *tf.sysconfig.get_compile_flags(), str(KERNEL_SOURCE), "-o", str(out),
+            *tf.sysconfig.get_link_flags()]
+
+
+def kernel_path() -> Path:
+    """Where the kernel for this source, TensorFlow, compiler (path and version) and flags lives in the cache."""
+    cxx, version = compiler()
+    key = hashlib.sha256("\0".join([
+        hashlib.sha256(KERNEL_SOURCE.read_bytes()).hexdigest(), tf.__version__, cxx, version,
+        *build_command(cxx, Path("OUT")),
+    ]).encode()).hexdigest()[:16]
+    return cache_dir() / f"{KERNEL_SOURCE.stem}-{key}.so"
+
+
+def load_error(path: Path) -> str | None:
+    """Loads `path` in a separate process (a broken file can crash the loader): None if it loads, else why."""
+    code = "import sys, tensorflow as tf; tf.load_op_library(sys.argv[1])"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300, env=env)
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
+def _compile(out: Path) -> None:
+    """Compiles into a unique temporary file beside `out`, test-loads it, then publishes it atomically."""
+    cxx, _ = compiler()
+    print(f"tf_rnn: compiling the fused CPU LSTM kernel into {out.parent} (once; 15-60 s)", file=sys.stderr,
+          flush=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".so", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        done = subprocess.run(build_command(cxx, tmp), capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()[-1:]
+            raise BuildError(f"building {KERNEL_SOURCE.name} failed: {errors[0] if errors else done.returncode}")
+        problem = load_error(tmp)
+        if problem:
+            raise BuildError(f"the freshly built {KERNEL_SOURCE.name} does not load: {problem}")
+        tmp.replace(out)  # Atomic: a reader sees no file or the whole, tested one.
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def build() -> Path:
-    """Compiles the kernel from this package's source into the cache (once per source, TensorFlow and CPU).
+    """Compiles the kernel into the cache, or finds it there; safe when several processes start at once.
+
+    A cached file that does not load (truncated, damaged, from a broken build) is rebuilt once.
 
     Raises:
-      RuntimeError: no C++ compiler, or the build failed (the first error line says why).
+      BuildError: no compiler, the build failed, or the built file does not load (the line says why).
     """
-    compile_flags, link_flags = tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
-    key = hashlib.sha256(
-        KERNEL_SOURCE.read_bytes() + tf.__version__.encode() + " ".join(compile_flags).encode() + _cpu_flags()
-    ).hexdigest()[:16]
-    out = cache_dir() / f"{KERNEL_SOURCE.stem}-{key}.so"
-    if out.exists():
-        return out
-    cxx = os.environ.get("CXX", "g++")
-    if not shutil.which(cxx):
-        raise RuntimeError(f"no C++ compiler ({cxx}) on PATH")
+    from filelock import FileLock, Timeout
+
+    reason = unsupported_reason()
+    if reason and not reason.startswith("switched off"):
+        raise BuildError(f"the fused kernel is not for this host: {reason}")
+    out = kernel_path()
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"tf_rnn: compiling the fused CPU LSTM kernel into {out.parent} (once; 15-60 s)", file=sys.stderr, flush=True)
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")  # Concurrent first builds each write their own.
-    cmd = [cxx, "-O3", "-march=native", "-shared", "-fPIC", "-w", *compile_flags, str(KERNEL_SOURCE), "-o",
-           str(tmp), *link_flags]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()[-1:]
-        raise RuntimeError(f"building {KERNEL_SOURCE.name} failed: {errors[0] if errors else done.returncode}")
-    tmp.replace(out)
+    try:
+        with FileLock(str(out) + ".lock", timeout=LOCK_TIMEOUT_S):
+            if out.exists():
+                problem = load_error(out)
+                if problem is None:
+                    return out
+                print(f"tf_rnn: cached kernel {out} does not load ({problem}); rebuilding it", file=sys.stderr)
+                out.unlink()
+            _compile(out)
+    except Timeout:
+        raise BuildError(f"another process has held {out}.lock for {LOCK_TIMEOUT_S} s; if none is building, "
+                         "delete the lock file") from None
     return out
 
 
 def kernels():
-    """The compiled ops, or None: switched off, or not buildable here (then a warning says why, once)."""
+    """The compiled ops, or None: not for this host, or not buildable here (then a warning says why, once)."""
     global _module, _tried
     if not _tried:
         _tried = True
-        if os.environ.get(ENV_SWITCH, "1") != "0":
+        if unsupported_reason() is None:
             try:
-                _module = tf.load_op_library(str(build()))
-            except Exception as e:  # noqa: BLE001 - any failure means: use the pure-TensorFlow path.
-                warnings.warn(f"tf_rnn: fused CPU LSTM kernel unavailable ({e}); using keras.layers.LSTM", stacklevel=2)
+                path = kernel_path()
+                # The common case, a good cached file, loads in-process at once; anything else goes through
+                # build(), which checks, rebuilds and test-loads under the lock.
+                _module = tf.load_op_library(str(path if path.exists() else build()))
+            except Exception as first:  # noqa: BLE001 - a damaged cache file: rebuild it once.
+                try:
+                    _module = tf.load_op_library(str(build()))
+                except Exception as e:  # noqa: BLE001 - any failure means: use the pure-TensorFlow path.
+                    warnings.warn(f"tf_rnn: fused CPU LSTM kernel unavailable ({e or first}); using "
+                                  "keras.layers.LSTM", stacklevel=2)
     return _module
 
 
 def available() -> bool:
-    """Whether LSTMs train through the fused path here: the kernels built and no GPU is visible (on a GPU,
-    Keras' cuDNN kernel is the fast path and stays untouched; nothing is compiled there)."""
-    return not tf.config.list_logical_devices("GPU") and kernels() is not None
+    """Whether LSTMs train through the fused path here (building the kernel first if it must)."""
+    return kernels() is not None
+
+
+def prepare(config) -> None:
+    """Builds (or loads) the kernel before training when the config's model would use it, so that a first build
+    is announced before the first step instead of stalling inside it."""
+    if config.cell == "lstm" and config.activation == "tanh":
+        available()
+
+
+def in_xla_context() -> bool:
+    """Whether the op being traced is compiled by XLA (`jit_compile=True`), which has no kernel for our ops."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
 @tf.custom_gradient
@@ -96,9 +216,10 @@ def _lstm(x, kernel, recurrent_kernel, bias):
             d_h, x, recurrent_kernel, h, c, tanh_c, gates
         )
         # The input's gradient is one large product; inside a tf.function TensorFlow prunes it when nothing
-        # needs it (the first layer, whose input is data).
-        dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)  # dz is time-major.
-        dx = tf.transpose(tf.reshape(dx, [tf.shape(x)[1], tf.shape(x)[0], -1]), [1, 0, 2])
+        # needs it (the first layer, whose input is data). dz is time-major: [time, batch, 4·units].
+        shape = tf.shape(x)
+        dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
+        dx = tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])  # Explicit: batch may be 0.
         return dx, d_kernel, d_recurrent_kernel, d_bias
 
     return h, grad
@@ -118,3 +239,33 @@ def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False)
     weights = [tf.convert_to_tensor(w) for w in (kernel, recurrent_kernel, bias)]
     h = _lstm(tf.convert_to_tensor(inputs, tf.float32), *weights)
     return h if return_sequences else h[:, -1]
+
+
+@cli.entry_point()
+def main(argv=None) -> int:
+    parser = cli.OneLineParser(prog="python -m tf_rnn.fused", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["build", "info"], help="build: compile or find the kernel and print its "
+                        "path; info: whether the fused path is used here and, if not, why")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        print(build())
+        return 0
+    reason = unsupported_reason()
+    if reason:
+        print(f"fused CPU LSTM: not used here: {reason}; Keras' LSTM trains instead")
+        return 0
+    try:
+        path = kernel_path()
+    except BuildError as e:
+        print(f"fused CPU LSTM: not used here: {e}; Keras' LSTM trains instead")
+        return 0
+    if path.exists():
+        print(f"fused CPU LSTM: used here (kernel {path})")
+    else:
+        print(f"fused CPU LSTM: used here once built ({path} does not exist yet: `python -m tf_rnn.fused build`, "
+              "or the first training run builds it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

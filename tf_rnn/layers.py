@@ -7,8 +7,6 @@ import warnings
 import keras
 from keras import ops
 
-from tf_rnn import fused
-
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
 ACTIVATIONS = ("tanh", "softsign")
 
@@ -105,9 +103,12 @@ class StackedRNN(keras.layers.Layer):
     def _fused(self, rnn, x, training) -> bool:
         """Whether this LSTM runs through tf_rnn.fused: only in a training step (so that no save path — tf_rnn.export,
         `model.export()`, `tf.saved_model.save` — ever traces the compiled ops, and every SavedModel serves without
-        tf_rnn), not switched off, on a CPU host, in float32, unless the layer was told to use generic TensorFlow
-        ops only (`use_cudnn=False`, as the export does)."""
-        if not (isinstance(training, bool) and training):
+        tf_rnn), not under XLA (`jit_compile=True`: XLA has no kernel for them), not switched off, on a CPU host,
+        in float32, unless the layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the
+        export does)."""
+        from tf_rnn import fused  # Here, not at the top: `python -m tf_rnn.fused` must not find itself imported.
+
+        if not (isinstance(training, bool) and training) or fused.in_xla_context():
             return False
         lstm = isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"
         # The kernels are float32 only: a mixed-precision policy keeps Keras' LSTM.
@@ -117,6 +118,8 @@ class StackedRNN(keras.layers.Layer):
         x = inputs
         for rnn, drop in zip(self.rnns, self.dropouts):
             if self._fused(rnn, x, training):
+                from tf_rnn import fused
+
                 cell = rnn.cell
                 x = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
             else:

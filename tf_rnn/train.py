@@ -15,7 +15,7 @@ import numpy as np
 
 from tf_rnn import cli
 from tf_rnn import config as config_lib
-from tf_rnn import data
+from tf_rnn import data, fused
 from tf_rnn.callbacks import EpochSeeds, NaNGuard, RunState, StepBudget, Throughput, optimizer_steps, write_json
 from tf_rnn.cli import RunError
 from tf_rnn.config import TrainConfig
@@ -152,6 +152,7 @@ def train_and_evaluate(
         total_steps = min(total_steps, config.steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
+    fused.prepare(config)  # A first build of the CPU kernel happens here, announced, not inside the first step.
     with strategy.scope():
         model = build_model(config, decay_steps=total_steps)
 

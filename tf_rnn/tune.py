@@ -214,6 +214,9 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / TUNE_CONFIG_FILE, tune.to_dict())
     keras.utils.set_random_seed(tune.seed)
+    from tf_rnn import fused
+
+    fused.prepare(tune.base_config())  # Trials may pick LSTMs: any first build happens now, not inside a trial.
     tuner = make_tuner(tune, workdir, arrays, strategy, overwrite)
     callbacks = [
         keras.callbacks.EarlyStopping("val_accuracy", patience=tune.early_stopping_patience, mode="max"),

@@ -7,7 +7,8 @@
 //
 // Rows of the batch never interact in an LSTM, so each thread takes a block of rows through all time steps on
 // its own: no synchronisation inside the loop, and the weights stay hot in each core's cache. The weight
-// gradients are summed per thread and added up at the end.
+// gradients are summed per block of kGradRows rows — a fixed size, not one block per thread — and the blocks'
+// sums are added in block order at the end, so the gradients' bits do not depend on the machine's core count.
 //
 // Layout (Keras' LSTM): z = x·W + b + h_prev·U, gates i, f, c, o in blocks of `units` columns;
 // i = σ(z_i), f = σ(z_f), g = tanh(z_c), o = σ(z_o); c = f·c_prev + i·g; h = o·tanh(c); h_{-1} = c_{-1} = 0.
@@ -143,17 +144,30 @@ static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t
   }
 }
 
-// Runs fn(block index, first row, end row) on blocks of rows, one per worker thread; returns the block count.
+// Rows per block of the backward pass's weight-gradient sums: fixed, so that where the sums are split does not
+// depend on the thread count (see the top of this file).
+constexpr int64_t kGradRows = 32;
+
+// Rows per block when nothing is summed across rows (the forward pass): one block per worker thread.
+static int64_t RowsPerThread(OpKernelContext* ctx, int64_t batch) {
+  const int64_t threads = std::max(1, ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads());
+  return std::max<int64_t>(kRows, (batch + threads - 1) / threads);
+}
+
+// Runs fn(block index, first row, end row) on each block of `per` rows, across the worker threads; returns the
+// block count. The pool is handed block indices and every call loops over the blocks it gets: a pool may run a
+// whole range in one call (it does with a single thread), and each block must still be its own.
 template <typename F>
-static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, F fn) {
+static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F fn) {
+  const int64_t blocks = (batch + per - 1) / per;
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t threads = std::max(1, pool->NumThreads());
-  const int64_t per = std::max<int64_t>(kRows, (batch + threads - 1) / threads);
-  pool->ParallelFor(batch,
+  pool->ParallelFor(blocks,
                     thread::ThreadPool::SchedulingParams(thread::ThreadPool::SchedulingStrategy::kFixedBlockSize,
-                                                         std::nullopt, per),
-                    [&](int64_t lo, int64_t hi) { fn(lo / per, lo, hi); });
-  return (batch + per - 1) / per;
+                                                         std::nullopt, 1),
+                    [&](int64_t first, int64_t last) {
+                      for (int64_t k = first; k < last; ++k) fn(k, k * per, std::min(batch, (k + 1) * per));
+                    });
+  return blocks;
 }
 
 // Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
@@ -261,7 +275,7 @@ class Forward : public OpKernel {
     const float *xp = x.flat<float>().data(), *bp = bias.flat<float>().data();
     float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *tcp = tanh_c->flat<float>().data(),
           *gp = g->flat<float>().data();
-    ForRowBlocks(ctx, Bt, [&](int64_t, int64_t lo, int64_t hi) {
+    ForRowBlocks(ctx, Bt, RowsPerThread(ctx, Bt), [&](int64_t, int64_t lo, int64_t hi) {
       for (int64_t t = 0; t < T; ++t) {
         float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
         for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
@@ -303,9 +317,10 @@ class Backward : public OpKernel {
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
     float* dzp = dz->flat<float>().data();
-    // Each block of rows sums its own weight gradients, [F + U + 1, 4·units]; they are added up at the end.
-    std::vector<std::vector<float>> partial(std::max<int64_t>(1, (Bt + kRows - 1) / kRows));
-    const int64_t blocks = Bt * T == 0 ? 0 : ForRowBlocks(ctx, Bt, [&](int64_t block, int64_t lo, int64_t hi) {
+    // Each block of rows sums its own weight gradients, [F + U + 1, 4·units]; they are added up at the end, in
+    // block order.
+    std::vector<std::vector<float>> partial(std::max<int64_t>(1, (Bt + kGradRows - 1) / kGradRows));
+    const int64_t blocks = Bt * T == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
       std::vector<float>& sums = partial[block];
       sums.assign((F + U + 1) * G, 0.f);
       float *sw = sums.data(), *su = sw + F * G, *sb = su + U * G;
