@@ -19,7 +19,6 @@
 #define EIGEN_USE_THREADS
 #include <algorithm>
 #include <type_traits>
-#include <vector>
 
 #include "Eigen/Core"
 #if defined(__AVX2__) && defined(__FMA__)
@@ -52,19 +51,23 @@ struct B {  // Columns [s·kPanel, s·kPanel + kPanel) of b(q, ·) start at p + 
   int64_t qs, ps, k, n;
 };
 
-// b[k×n] (element (q, j) at w[q * qs + j * js]) packed as [panel][k][kPanel], zero beyond column n: the weights,
-// read at every step, then stream through the inner loop contiguously.
-struct Packed {
-  std::vector<float> data;
-  B b;
-  Packed(const float* w, int64_t k, int64_t n, int64_t qs, int64_t js) {
-    const int64_t panels = (n + kPanel - 1) / kPanel;
-    data.assign(panels * k * kPanel, 0.f);
-    for (int64_t q = 0; q < k; ++q)
-      for (int64_t j = 0; j < n; ++j) data[(j / kPanel * k + q) * kPanel + j % kPanel] = w[q * qs + j * js];
-    b = B{data.data(), kPanel, k * kPanel, k, n};
-  }
-};
+// Every buffer comes from TensorFlow's allocator (allocate_temp): running out of memory is then an error the
+// op returns, not a std::bad_alloc that aborts the process.
+static Status Scratch(OpKernelContext* ctx, int64_t n, Tensor* t, float** p) {
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(DT_FLOAT, TensorShape({std::max<int64_t>(n, 1)}), t));
+  *p = t->flat<float>().data();
+  return absl::OkStatus();
+}
+
+// b[k×n] (element (q, j) at w[q * qs + j * js]) packed as [panel][k][kPanel] into buf (PackedSize floats), zero
+// beyond column n: the weights, read at every step, then stream through the inner loop contiguously.
+static int64_t PackedSize(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * k * kPanel; }
+static B Pack(const float* w, int64_t k, int64_t n, int64_t qs, int64_t js, float* buf) {
+  std::fill(buf, buf + PackedSize(k, n), 0.f);
+  for (int64_t q = 0; q < k; ++q)
+    for (int64_t j = 0; j < n; ++j) buf[(j / kPanel * k + q) * kPanel + j % kPanel] = w[q * qs + j * js];
+  return B{buf, kPanel, k * kPanel, k, n};
+}
 
 // A product term a[m×k] · b[k×n]; a product is the sum of one or two terms (x·W + h·U in one pass over c).
 struct Term {
@@ -173,12 +176,11 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
 // Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
 // matrix. Read in place, the transpose's columns would be time·width floats apart (for h here: 28·128 floats,
 // 7 × 2 KiB), so the rows of one block of the product would compete for the same two L1 cache sets.
-static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width,
-                    std::vector<float>& scratch) {
+static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width, float* scratch) {
   const int64_t ld = hi - lo + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
   for (int64_t b = lo; b < hi; ++b)
     for (int64_t w = 0; w < width; ++w) scratch[w * ld + b - lo] = seq[(b * T + t) * width + w];
-  return A{scratch.data(), ld, 1};
+  return A{scratch, ld, 1};
 }
 
 // ---- The ops. ---------------------------------------------------------------------------------------------
@@ -271,7 +273,11 @@ class Forward : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &tanh_c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({T, Bt, G}), &g));
     if (Bt * T == 0) return;
-    const Packed wp(w.flat<float>().data(), F, G, G, 1), up(u.flat<float>().data(), U, G, G, 1);
+    Tensor w_buf, u_buf;
+    float *w_packed, *u_packed;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(F, G), &w_buf, &w_packed));
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(U, G), &u_buf, &u_packed));
+    const B wp = Pack(w.flat<float>().data(), F, G, G, 1, w_packed), up = Pack(u.flat<float>().data(), U, G, G, 1, u_packed);
     const float *xp = x.flat<float>().data(), *bp = bias.flat<float>().data();
     float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *tcp = tanh_c->flat<float>().data(),
           *gp = g->flat<float>().data();
@@ -279,9 +285,9 @@ class Forward : public OpKernel {
       for (int64_t t = 0; t < T; ++t) {
         float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
         for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
-        const Term xw{A{xp + (lo * T + t) * F, T * F, 1}, wp.b};
+        const Term xw{A{xp + (lo * T + t) * F, T * F, 1}, wp};
         if (t)
-          Gemm({xw, Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up.b}}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm({xw, Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up}}, hi - lo, z, G, /*acc_in=*/true);
         else
           Gemm({xw}, hi - lo, z, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
@@ -313,30 +319,39 @@ class Backward : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({F, G}), &dw));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, u.shape(), &du));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({G}), &db));
-    const Packed ut(u.flat<float>().data(), G, U, 1, G);  // Uᵀ: dh_prev = dz · Uᵀ.
+    Tensor ut_buf;
+    float* ut_packed;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
+    const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev = dz · Uᵀ.
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
     float* dzp = dz->flat<float>().data();
-    // Each block of rows sums its own weight gradients, [F + U + 1, 4·units]; they are added up at the end, in
-    // block order.
-    std::vector<std::vector<float>> partial(std::max<int64_t>(1, (Bt + kGradRows - 1) / kGradRows));
-    const int64_t blocks = Bt * T == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
-      std::vector<float>& sums = partial[block];
-      sums.assign((F + U + 1) * G, 0.f);
-      float *sw = sums.data(), *su = sw + F * G, *sb = su + U * G;
+    // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] (added up at
+    // the end, in block order), the gradients flowing back along time into its rows (into h through U, and into
+    // c), dz_t packed in panels, a transpose buffer and one row of dc. Sizes for a full block of kGradRows rows.
+    const int64_t sums_size = (F + U + 1) * G, max_stride = (kGradRows + 1) * kPanel,
+                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+                  per_block = sums_size + 2 * kGradRows * U + pack_size + scratch_size + U;
+    const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
+    Tensor work_buf;
+    float* work;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, nblocks * per_block, &work_buf, &work));
+    const int64_t blocks = nblocks == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
+      float* mem = work + block * per_block;
+      std::fill(mem, mem + per_block, 0.f);
+      float *sw = mem, *su = sw + F * G, *sb = su + U * G;
       const int64_t m = hi - lo;
-      // The gradients flowing back along time into this block's rows: into h (through U) and into c.
-      std::vector<float> dh_next(m * U, 0.f), dc(m * U, 0.f);
-      // dz_t packed in panels [m][kPanel]; panels one row more than m apart, because m·64 bytes apart (a
-      // multiple of 4 KiB for m = 64) they would share L1 cache sets and evict each other.
+      float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
+            *scratch = dz_pack + pack_size;
+      Arr dct(scratch + scratch_size, U);
+      // dz_t's panels are one row more than m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) they would
+      // share L1 cache sets and evict each other.
       const int64_t pack_stride = (m + 1) * kPanel;
-      std::vector<float> dz_pack((G + kPanel - 1) / kPanel * pack_stride, 0.f), scratch(std::max(F, U) * (m + 1));
-      Eigen::ArrayXf dct(U);
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
           CArr z(gp + row * G, G), tc(tcp + row * U, U);
-          Arr dz_r(dzp + row * G, G), dc_r(dc.data() + (b - lo) * U, U), dhn(dh_next.data() + (b - lo) * U, U);
+          Arr dz_r(dzp + row * G, G), dc_r(dc + (b - lo) * U, U), dhn(dh_next + (b - lo) * U, U);
           auto i = z.head(U), f = z.segment(U, U), gg = z.segment(2 * U, U), o = z.tail(U);
           dhn += CArr(dhp + (b * T + t) * U, U);  // Now the whole gradient reaching h_t: along time and from outside.
           dct = dc_r + dhn * o * (1.f - tc * tc);  // No tanh here: the forward pass kept tanh(c).
@@ -354,11 +369,11 @@ class Backward : public OpKernel {
           for (int64_t j = 0; j < G; j += kPanel)
             std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
         }
-        const B dz_t{dz_pack.data(), kPanel, pack_stride, m, G};
+        const B dz_t{dz_pack, kPanel, pack_stride, m, G};
         Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
           Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
-          Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut.b}}, m, dh_next.data(), U, /*acc_in=*/false);  // dz_t·Uᵀ
+          Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
         }
       }
     });
@@ -368,7 +383,7 @@ class Backward : public OpKernel {
     out_u.setZero();
     out_b.setZero();
     for (int64_t k = 0; k < blocks; ++k) {
-      const float* s = partial[k].data();
+      const float* s = work + k * per_block;
       out_w += CArr(s, F * G);
       out_u += CArr(s + F * G, U * G);
       out_b += CArr(s + (F + U) * G, G);
