@@ -1,17 +1,18 @@
 """Training throughput of the seed's model (1×LSTM(128), batch 128, Adam 1e-3, 28 steps) on real Fashion-MNIST.
 
-    python -m benchmarks.train_throughput [--only NAME] [--repeats 3] [--steps 150] [--json OUT] [--report OUT]
+    python -m benchmarks.train_throughput [--cell lstm|gru] [--only NAME] [--repeats 3] [--steps 150]
+                                          [--json OUT] [--report OUT]
 
 Contenders, each measured in its own fresh process (TensorFlow's and PyTorch's thread pools never share one),
-alternating round-robin so that a noisy neighbour hurts all of them alike:
+alternating round-robin so that a noisy neighbour hurts all of them alike (`--cell gru`: the same with GRU(128)):
 
 - `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`,
-                   its LSTM through `tf_rnn.fused` (the default on a CPU);
-- `tf_rnn_keras` — the same with `TF_RNN_FUSED=0`: Keras' own LSTM inside tf_rnn's model and pipeline;
-- `keras_lstm`   — a stock `keras.layers.LSTM(128)` + `Dense(10)` model, `fit` on NumPy arrays;
-- `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`);
-- `pytorch`      — `torch.nn.LSTM` + `Linear`, a plain training loop (skipped when torch is not installed:
-                   `pip install -e ".[bench]"`).
+                   its recurrent layer through `tf_rnn.fused` (the default on a CPU);
+- `tf_rnn_keras` — the same with `TF_RNN_FUSED=0`: Keras' own layer inside tf_rnn's model and pipeline;
+- `keras_stock`  — a stock `keras.layers.LSTM(128)` (or `GRU`) + `Dense(10)` model, `fit` on NumPy arrays;
+- `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`; LSTM only);
+- `pytorch`      — `torch.nn.LSTM` (or `nn.GRU`) + `Linear`, a plain training loop (skipped when torch is not
+                   installed: `pip install -e ".[bench]"`).
 
 Reported: steady-state samples/s (after `--warmup` steps), median over `--repeats`, the ratio to PyTorch, peak
 RSS of each process, and achieved GFLOP/s against a float32 matmul peak measured in the same run.
@@ -27,10 +28,14 @@ import subprocess
 import sys
 import time
 
-# Forward: 28 steps × 2·(28 + 128)·(4·128) FLOP; backward ≈ 2× forward: 13.4 MFLOP per sample per training step.
-FLOP_PER_SAMPLE = 3 * 28 * 2 * (28 + 128) * 4 * 128
 BATCH = 128
-CONTENDERS = ("tf_rnn", "tf_rnn_keras", "keras_lstm", "legacy_port", "pytorch")
+CONTENDERS = ("tf_rnn", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
+GATES = {"lstm": 4, "gru": 3}
+
+
+def flop_per_sample(cell: str) -> int:
+    """Forward: 28 steps × 2·(28 + 128)·(gates·128) FLOP; backward ≈ 2× forward. LSTM: 13.4 MFLOP per sample."""
+    return 3 * 28 * 2 * (28 + 128) * GATES[cell] * 128
 
 
 def _data():
@@ -50,12 +55,13 @@ def _timed(step, warmup: int, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def run_tf_rnn(warmup, steps, keras_stock=False):
+def run_tf_rnn(warmup, steps, cell, keras_stock=False):
     import keras
 
     x, y = _data()
     if keras_stock:
-        model = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(128), keras.layers.Dense(10)])
+        layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cell](128)
+        model = keras.Sequential([keras.Input((28, 28)), layer, keras.layers.Dense(10)])
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
         fit = dict(x=x.astype("float32") / 255, y=y, batch_size=BATCH)
@@ -64,7 +70,7 @@ def run_tf_rnn(warmup, steps, keras_stock=False):
         from tf_rnn.config import resolve
         from tf_rnn.models import build_model
 
-        model = build_model(resolve("seed"))
+        model = build_model(resolve("seed", overrides={"cell": cell}))
         fit = dict(x=data.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH)
 
     class Clock(keras.callbacks.Callback):
@@ -100,7 +106,7 @@ def run_legacy(warmup, steps):
             return _timed(step, warmup, steps)
 
 
-def run_pytorch(warmup, steps):
+def run_pytorch(warmup, steps, cell):
     import numpy as np
     import torch
 
@@ -110,10 +116,11 @@ def run_pytorch(warmup, steps):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm, self.out = torch.nn.LSTM(28, 128, batch_first=True), torch.nn.Linear(128, 10)
+            rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+            self.rnn, self.out = rnn(28, 128, batch_first=True), torch.nn.Linear(128, 10)
 
         def forward(self, images):
-            return self.out(self.lstm(images)[0][:, -1])
+            return self.out(self.rnn(images)[0][:, -1])
 
     net = Net()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
@@ -142,12 +149,12 @@ def matmul_peak_gflops() -> float:
     return best
 
 
-def worker(name: str, warmup: int, steps: int) -> None:
+def worker(name: str, warmup: int, steps: int, cell: str) -> None:
     """Runs one measurement in this process and prints it as JSON on the last line."""
     import resource
 
     if name == "pytorch":
-        rate = run_pytorch(warmup, steps)
+        rate = run_pytorch(warmup, steps, cell)
     elif name == "legacy_port":
         rate = run_legacy(warmup, steps)
     elif name == "peak":
@@ -156,17 +163,17 @@ def worker(name: str, warmup: int, steps: int) -> None:
         if name == "tf_rnn":
             from tf_rnn import fused
 
-            if not fused.available():  # Else this row would silently measure Keras' LSTM under tf_rnn's name.
+            if not fused.available():  # Else this row would silently measure Keras' layer under tf_rnn's name.
                 raise SystemExit("tf_rnn.fused is unavailable here (the warning above says why)")
-        rate = run_tf_rnn(warmup, steps, keras_stock=name == "keras_lstm")
+        rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb}))
 
 
-def measure(name: str, warmup: int, steps: int) -> dict | None:
+def measure(name: str, warmup: int, steps: int, cell: str = "lstm") -> dict | None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_RNN_FUSED": "0" if name == "tf_rnn_keras" else "1"}
     out = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--worker", name,
-                          "--warmup", str(warmup), "--steps", str(steps)], capture_output=True, text=True, env=env)
+                          "--warmup", str(warmup), "--steps", str(steps), "--cell", cell], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         reason = (out.stderr.strip().splitlines() or ["?"])[-1]
         print(f"  {name}: skipped ({reason})", file=sys.stderr)
@@ -176,6 +183,7 @@ def measure(name: str, warmup: int, steps: int) -> dict | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--cell", choices=sorted(GATES), default="lstm", help="the recurrent layer (default lstm)")
     parser.add_argument("--only", choices=CONTENDERS, action="append", help="measure only these (repeatable)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=20)
@@ -186,14 +194,18 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.warmup, args.steps)
+        worker(args.worker, args.warmup, args.steps, args.cell)
         return 0
     names = args.only or list(CONTENDERS)
+    if args.cell != "lstm" and "legacy_port" in names:
+        names.remove("legacy_port")  # The TF1 port is the seed's LSTM program.
+        print("  legacy_port: skipped (the TF1 port has an LSTM only)", file=sys.stderr)
+    flop = flop_per_sample(args.cell)
     results: dict[str, list] = {n: [] for n in names}
     peaks = []
     for r in range(args.repeats):
         for name in names:  # Round-robin: the machine's mood drifts; each contender gets every part of it.
-            m = measure(name, args.warmup, args.steps)
+            m = measure(name, args.warmup, args.steps, args.cell)
             if m:
                 results[name].append(m)
                 print(f"  repeat {r + 1}: {name:12s} {m['rate']:8.0f} samples/s", file=sys.stderr)
@@ -202,22 +214,22 @@ def main(argv=None) -> int:
     medians = {n: statistics.median(m["rate"] for m in ms) for n, ms in results.items() if ms}
     reference = medians.get("pytorch")
     print(f"\nmatmul peak (float32, 2048², TensorFlow): {peak:.0f} GFLOP/s; GEMM bound for this model: "
-          f"{peak * 1e9 / FLOP_PER_SAMPLE:,.0f} samples/s")
+          f"{peak * 1e9 / flop:,.0f} samples/s ({args.cell})")
     print(f"{'contender':12s} {'samples/s':>10s} {'vs pytorch':>10s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS':>9s}")
     for name, rate in medians.items():
         ratio = f"{rate / reference:.2f}x" if reference else "n/a"
-        gflops = rate * FLOP_PER_SAMPLE / 1e9
+        gflops = rate * flop / 1e9
         rss = max(m["rss_mb"] for m in results[name])
         print(f"{name:12s} {rate:10,.0f} {ratio:>10s} {gflops:8.1f} {gflops / peak:8.1%} {rss:7.0f}MB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({n: round(v, 1) for n, v in medians.items()}, f, indent=2)
     if args.report:
-        write_report(args, results, medians, peaks)
+        write_report(args, results, medians, peaks, flop)
     return 0
 
 
-def write_report(args, results, medians, peaks) -> None:
+def write_report(args, results, medians, peaks, flop) -> None:
     import platform
     from importlib import metadata
 
@@ -235,16 +247,16 @@ def write_report(args, results, medians, peaks) -> None:
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "versions": {d: version(d) for d in ("tensorflow-cpu", "tensorflow", "keras", "torch")},
-        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "cell": args.cell, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "matmul_peak_gflops": {"median": round(peak, 1), "repeats": [round(p, 1) for p in peaks]},
-        "gemm_bound_samples_per_s": round(peak * 1e9 / FLOP_PER_SAMPLE),
+        "gemm_bound_samples_per_s": round(peak * 1e9 / flop),
         "contenders": {
             name: {
                 "samples_per_s_median": round(rate, 1),
                 "samples_per_s_repeats": [round(m["rate"], 1) for m in results[name]],
                 "vs_pytorch": round(rate / reference, 3) if reference else None,
-                "gflops": round(rate * FLOP_PER_SAMPLE / 1e9, 1),
-                "of_matmul_peak": round(rate * FLOP_PER_SAMPLE / 1e9 / peak, 3),
+                "gflops": round(rate * flop / 1e9, 1),
+                "of_matmul_peak": round(rate * flop / 1e9 / peak, 3),
                 "peak_rss_mb": round(max(m["rss_mb"] for m in results[name])),
             }
             for name, rate in medians.items()

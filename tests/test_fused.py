@@ -39,17 +39,25 @@ def kernels(fresh):
 SHAPES = [(9, 28, 28, 64), (1, 1, 3, 5), (13, 4, 7, 16), (130, 3, 5, 8)]
 
 
+CELLS = {"lstm": (keras.layers.LSTM, fused.lstm), "gru": (keras.layers.GRU, fused.gru)}
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
 @pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("batch,time,features,units", SHAPES)
-def test_fused_lstm_equals_keras_lstm_forward_and_gradients(kernels, return_sequences, batch, time, features, units):
-    x = tf.constant(np.random.default_rng(0).random((batch, time, features)).astype("float32"))
-    layer = keras.layers.LSTM(units, return_sequences=return_sequences)
+def test_fused_equals_keras_forward_and_gradients(kernels, cell_name, return_sequences, batch, time, features, units):
+    keras_layer, fused_fn = CELLS[cell_name]
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((batch, time, features)).astype("float32"))
+    layer = keras_layer(units, return_sequences=return_sequences)
     layer.build(x.shape)
     cell = layer.cell
+    # Keras starts biases at zero (LSTM: ones for f): random ones, so every bias path is exercised.
+    cell.bias.assign(rng.normal(0, 0.5, cell.bias.shape).astype("float32"))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         expected = layer(x)
-        got = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, return_sequences)
+        got = fused_fn(x, cell.kernel, cell.recurrent_kernel, cell.bias, return_sequences)
         # A loss that weighs every output differently, so that no gradient can cancel out.
         loss_expected, loss_got = tf.reduce_sum(tf.sin(3 * expected)), tf.reduce_sum(tf.sin(3 * got))
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -62,7 +70,7 @@ def test_fused_lstm_equals_keras_lstm_forward_and_gradients(kernels, return_sequ
     # Bitwise the same again: each thread sums its rows in a fixed order (resumed runs rely on it).
     with tf.GradientTape() as tape:
         tape.watch(x)
-        again = tape.gradient(tf.reduce_sum(tf.sin(3 * fused.lstm(x, *sources[1:], return_sequences))), sources)
+        again = tape.gradient(tf.reduce_sum(tf.sin(3 * fused_fn(x, *sources[1:], return_sequences))), sources)
     for a, b in zip(got_grads, again):
         np.testing.assert_array_equal(a, b)
 
@@ -71,6 +79,10 @@ def test_kernel_refuses_inconsistent_shapes(kernels):
     x, kernel = tf.zeros([2, 3, 4]), tf.zeros([5, 8])  # kernel should be [4, 8]
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"need x \[batch, time, features\], kernel \[features"):
         kernels.tf_rnn_lstm_forward(x, kernel, tf.zeros([2, 8]), tf.zeros([8]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"GRU op: need x \[batch, time, features\], kernel"):
+        kernels.tf_rnn_gru_forward(x, tf.zeros([5, 6]), tf.zeros([2, 6]), tf.zeros([2, 6]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"GRU op: bias must be \[2, 3·units\]"):
+        kernels.tf_rnn_gru_forward(x, tf.zeros([4, 6]), tf.zeros([2, 6]), tf.zeros([6]))
 
 
 def test_stacked_rnn_trains_through_the_fused_path_on_a_cpu_and_infers_without_it(kernels, monkeypatch):
@@ -85,14 +97,26 @@ def test_stacked_rnn_trains_through_the_fused_path_on_a_cpu_and_infers_without_i
     for training in (False, None):
         np.testing.assert_allclose(rnn(x, training=training), out, atol=1e-5)
     assert len(calls) == 2
-    StackedRNN(cell="gru", units=4)(np.ones((1, 28, 28), "float32"), training=True)
+    StackedRNN(cell="simple", units=4)(np.ones((1, 28, 28), "float32"), training=True)
+    assert len(calls) == 2  # SimpleRNN has no fused path.
+
+
+def test_gru_layers_train_through_the_fused_gru(kernels, monkeypatch):
+    calls = []
+    real = fused.gru
+    monkeypatch.setattr(fused, "gru", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rnn = StackedRNN(cell="gru", units=[8, 8])
+    x = np.random.rand(2, 28, 28).astype("float32")
+    out = rnn(x, training=True)
     assert len(calls) == 2
+    np.testing.assert_allclose(rnn(x, training=False), out, atol=1e-5)
 
 
-def test_training_through_the_fused_path_equals_keras(kernels, monkeypatch):
-    """Two fit steps of a 2-layer model, fused vs Keras' LSTM from the same weights: the same weights after.
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_through_the_fused_path_equals_keras(kernels, monkeypatch, cell):
+    """Two fit steps of a 2-layer model, fused vs Keras' layers from the same weights: the same weights after.
     The second layer's input gradient (dx) is what trains the first layer."""
-    config = resolve(overrides=dict(units=8, layers=2, dropout=0.0, lr=0.05))
+    config = resolve(overrides=dict(units=8, layers=2, dropout=0.0, lr=0.05, cell=cell))
     rng = np.random.default_rng(0)
     x, y = rng.random((32, 28, 28)).astype("float32"), rng.integers(0, 10, 32)
     trained = []
@@ -239,18 +263,20 @@ def test_two_real_builds_racing_on_an_empty_cache_compile_once(tmp_path):
 # --- edge cases ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
 @pytest.mark.parametrize("batch,time", [(0, 5), (3, 0), (0, 0)])
-def test_zero_sized_batch_or_time(kernels, batch, time):
-    layer = keras.layers.LSTM(6, return_sequences=True)
+def test_zero_sized_batch_or_time(kernels, cell_name, batch, time):
+    keras_layer, fused_fn = CELLS[cell_name]
+    layer = keras_layer(6, return_sequences=True)
     layer.build((None, None, 4))
     cell = layer.cell
     x = tf.zeros([batch, time, 4])
     with tf.GradientTape() as tape:
         tape.watch(x)
-        h = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, return_sequences=True)
+        h = fused_fn(x, cell.kernel, cell.recurrent_kernel, cell.bias, return_sequences=True)
         loss = tf.reduce_sum(h)
     dx, dw = tape.gradient(loss, [x, cell.kernel])
-    assert h.shape == (batch, time, 6) and dx.shape == (batch, time, 4) and dw.shape == (4, 24)
+    assert h.shape == (batch, time, 6) and dx.shape == (batch, time, 4) and dw.shape == tuple(cell.kernel.shape)
     assert not np.asarray(dw).any()
 
 
@@ -277,14 +303,16 @@ THREADS = textwrap.dedent("""
     from tf_rnn import fused
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((100, 5, 7)).astype("float32"))
-    layer = keras.layers.LSTM(16)
-    layer.build(x.shape)
-    weights = [layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias]
-    for w in weights:  # Fixed weights, not a seeded initializer: the same in every process.
-        w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(tf.sin(3 * fused.lstm(x, *weights)))
-    np.savez(sys.argv[2], *[np.asarray(g) for g in tape.gradient(loss, weights)])
+    grads = []
+    for layer, fn in ((keras.layers.LSTM(16), fused.lstm), (keras.layers.GRU(16), fused.gru)):
+        layer.build(x.shape)
+        weights = [layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias]
+        for w in weights:  # Fixed weights, not a seeded initializer: the same in every process.
+            w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.sin(3 * fn(x, *weights)))
+        grads += [np.asarray(g) for g in tape.gradient(loss, weights)]
+    np.savez(sys.argv[2], *grads)
 """)
 
 
@@ -298,4 +326,5 @@ def test_gradients_are_bitwise_equal_with_1_to_4_threads(kernels, tmp_path):
     for g in grads[1:]:
         for key in grads[0].files:
             np.testing.assert_array_equal(g[key], grads[0][key])
-    assert np.abs(grads[0]["arr_1"]).max() > 0  # The recurrent kernel's gradient: a real sum over rows and steps.
+    assert len(grads[0].files) == 6  # LSTM's and GRU's kernel, recurrent kernel and bias gradients.
+    assert np.abs(grads[0]["arr_1"]).max() > 0 and np.abs(grads[0]["arr_4"]).max() > 0  # Real sums over rows, steps.

@@ -1,7 +1,8 @@
-"""Fused: tf_rnn's CPU LSTM — a whole layer as one compiled op forward and one backward (kernels/lstm_sequence.cc).
+"""Fused: tf_rnn's CPU LSTM and GRU — a whole layer as one compiled op each way (kernels/rnn_sequence.cc).
 
-On a CPU, TensorFlow trains an LSTM at the speed of its op dispatch (~1,000 small ops per training step); these
-two ops do the same arithmetic as `keras.layers.LSTM` in two dispatches (README, Performance).
+On a CPU, TensorFlow trains a recurrent layer at the speed of its op dispatch (~1,000 small ops per training
+step); these ops do the same arithmetic as `keras.layers.LSTM` / `keras.layers.GRU` in two dispatches (README,
+Performance).
 
     python -m tf_rnn.fused build    # compile (or find) the kernel, print its path
     python -m tf_rnn.fused info     # is the fused path used here, and if not, why
@@ -31,7 +32,7 @@ import tensorflow as tf
 
 from tf_rnn import cli
 
-KERNEL_SOURCE = Path(__file__).parent / "kernels" / "lstm_sequence.cc"
+KERNEL_SOURCE = Path(__file__).parent / "kernels" / "rnn_sequence.cc"
 ENV_SWITCH = "TF_RNN_FUSED"  # "0" leaves Keras' LSTM everywhere; unset or anything else: the fused path.
 CACHE_ENV = "TF_RNN_CACHE"
 # The fast products need AVX2 and FMA; nothing else is assumed about the CPU (no -march=native).
@@ -194,7 +195,7 @@ def available() -> bool:
 def prepare(config) -> None:
     """Builds (or loads) the kernel before training when the config's model would use it, so that a first build
     is announced before the first step instead of stalling inside it."""
-    if config.cell == "lstm" and config.activation == "tanh":
+    if config.cell in ("lstm", "gru") and config.activation == "tanh":
         available()
 
 
@@ -223,6 +224,37 @@ def _lstm(x, kernel, recurrent_kernel, bias):
         return dx, d_kernel, d_recurrent_kernel, d_bias
 
     return h, grad
+
+
+@tf.custom_gradient
+def _gru(x, kernel, recurrent_kernel, bias):
+    ops = kernels()
+    h, gates, q_h = ops.tf_rnn_gru_forward(x, kernel, recurrent_kernel, bias)
+
+    def grad(d_h):
+        dz, d_kernel, d_recurrent_kernel, d_bias = ops.tf_rnn_gru_backward(d_h, x, recurrent_kernel, h, gates, q_h)
+        shape = tf.shape(x)
+        dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
+        dx = tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])
+        return dx, d_kernel, d_recurrent_kernel, d_bias
+
+    return h, grad
+
+
+def gru(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
+    """`keras.layers.GRU`'s computation (reset_after=True, zero initial state, no mask) through the compiled kernels.
+
+    Args:
+      inputs: `<float32>[batch, time, features]`.
+      kernel, recurrent_kernel, bias: the Keras GRU cell's weights (`[features, 3·units]`, `[units, 3·units]`,
+        `[2, 3·units]`: input bias, then recurrent bias; gates z, r, h).
+
+    Returns:
+      `<float32>[batch, units]`, or `<float32>[batch, time, units]` with `return_sequences`.
+    """
+    weights = [tf.convert_to_tensor(w) for w in (kernel, recurrent_kernel, bias)]
+    h = _gru(tf.convert_to_tensor(inputs, tf.float32), *weights)
+    return h if return_sequences else h[:, -1]
 
 
 def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):

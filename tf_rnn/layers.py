@@ -101,7 +101,7 @@ class StackedRNN(keras.layers.Layer):
         self.built = True
 
     def _fused(self, rnn, x, training) -> bool:
-        """Whether this LSTM runs through tf_rnn.fused: only in a training step (so that no save path — tf_rnn.export,
+        """Whether this LSTM or GRU runs through tf_rnn.fused: only in a training step (so that no save path — tf_rnn.export,
         `model.export()`, `tf.saved_model.save` — ever traces the compiled ops, and every SavedModel serves without
         tf_rnn), not under XLA (`jit_compile=True`: XLA has no kernel for them), not switched off, on a CPU host,
         in float32, unless the layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the
@@ -110,9 +110,12 @@ class StackedRNN(keras.layers.Layer):
 
         if not (isinstance(training, bool) and training) or fused.in_xla_context():
             return False
-        lstm = isinstance(rnn, keras.layers.LSTM) and self.activation == "tanh" and rnn.use_cudnn == "auto"
-        # The kernels are float32 only: a mixed-precision policy keeps Keras' LSTM.
-        return lstm and x.dtype == "float32" and rnn.cell.compute_dtype == "float32" and fused.available()
+        cell = rnn.cell
+        # Keras' defaults are what the kernels compute: tanh, sigmoid gates, a bias, and for GRU reset_after=True.
+        supported = (isinstance(rnn, keras.layers.LSTM) or (isinstance(rnn, keras.layers.GRU) and cell.reset_after)) \
+            and self.activation == "tanh" and cell.use_bias and rnn.use_cudnn == "auto"
+        # The kernels are float32 only: a mixed-precision policy keeps Keras' layers.
+        return supported and x.dtype == "float32" and cell.compute_dtype == "float32" and fused.available()
 
     def call(self, inputs, training=None):
         x = inputs
@@ -121,7 +124,8 @@ class StackedRNN(keras.layers.Layer):
                 from tf_rnn import fused
 
                 cell = rnn.cell
-                x = fused.lstm(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
+                run = fused.lstm if isinstance(rnn, keras.layers.LSTM) else fused.gru
+                x = run(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
             else:
                 x = rnn(x, training=training)
             x = drop(x, training=training)

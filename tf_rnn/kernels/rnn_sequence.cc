@@ -1,4 +1,4 @@
-// A whole LSTM layer as one op each way: the forward pass over all time steps, and its backward pass with
+// A whole LSTM or GRU layer as one op each way: the forward pass over all time steps, and its backward pass with
 // every weight gradient.
 //
 // Why: TensorFlow trains an LSTM on a CPU at the speed of its op dispatch, not of its arithmetic: every time
@@ -391,6 +391,209 @@ class Backward : public OpKernel {
   }
 };
 
+// ---- GRU: the same design, Keras 3's GRU with reset_after=True (its default and cuDNN's form). ----------------
+//
+// Gates z, r, h in blocks of `units` columns; bias [2, 3·units]: row 0 is added to x·W, row 1 to h_prev·U.
+// a = x·W + b_in, q = h_prev·U + b_rec; z = σ(a_z + q_z), r = σ(a_r + q_r), n = tanh(a_h + r·q_h);
+// h = z·h_prev + (1 - z)·n; h_{-1} = 0. The forward op keeps the activated gates (z, r, n) and q_h, which is all
+// the backward op needs besides h.
+
+REGISTER_OP("TfRnnGruForward")
+    .Input("x: float")
+    .Input("kernel: float")
+    .Input("recurrent_kernel: float")
+    .Input("bias: float")
+    .Output("h: float")
+    .Output("gates: float")
+    .Output("q_h: float")
+    .SetShapeFn([](shape_inference::InferenceContext* ctx) {
+      shape_inference::ShapeHandle x, u;
+      TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(0), 3, &x));
+      TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
+      auto batch = ctx->Dim(x, 0), time = ctx->Dim(x, 1);
+      ctx->set_output(0, ctx->MakeShape({batch, time, ctx->Dim(u, 0)}));
+      ctx->set_output(1, ctx->MakeShape({time, batch, ctx->Dim(u, 1)}));
+      ctx->set_output(2, ctx->MakeShape({time, batch, ctx->Dim(u, 0)}));
+      return absl::OkStatus();
+    });
+
+// d_h: [batch, time, units] from outside the layer → dz: [time, batch, 3·units], the gradient of each step's
+// x·W + b_in (dx = dz·Wᵀ is left to TensorFlow); d_kernel, d_recurrent_kernel, d_bias [2, 3·units].
+REGISTER_OP("TfRnnGruBackward")
+    .Input("d_h: float")
+    .Input("x: float")
+    .Input("recurrent_kernel: float")
+    .Input("h: float")
+    .Input("gates: float")
+    .Input("q_h: float")
+    .Output("dz: float")
+    .Output("d_kernel: float")
+    .Output("d_recurrent_kernel: float")
+    .Output("d_bias: float")
+    .SetShapeFn([](shape_inference::InferenceContext* ctx) {
+      shape_inference::ShapeHandle x, u;
+      TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(1), 3, &x));
+      TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
+      ctx->set_output(0, ctx->input(4));
+      ctx->set_output(1, ctx->Matrix(ctx->Dim(x, 2), ctx->Dim(u, 1)));
+      ctx->set_output(2, u);
+      ctx->set_output(3, ctx->Matrix(2, ctx->Dim(u, 1)));
+      return absl::OkStatus();
+    });
+
+static Status CheckGru(const Tensor& x, const Tensor& u, const Tensor* w, std::initializer_list<Seq> seq) {
+  const bool ok_u = u.dims() == 2 && u.dim_size(1) == 3 * u.dim_size(0);
+  if (x.dims() != 3 || !ok_u || (w && (w->dims() != 2 || w->dim_size(0) != x.dim_size(2) ||
+                                       w->dim_size(1) != u.dim_size(1))))
+    return errors::InvalidArgument("tf_rnn GRU op: need x [batch, time, features], kernel [features, 3·units], "
+                                   "recurrent_kernel [units, 3·units]; got ", x.shape().DebugString(), ", ",
+                                   w ? w->shape().DebugString() : "-", ", ", u.shape().DebugString());
+  for (auto [t, width, time_major] : seq)
+    if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
+        t->dim_size(2) != width * u.dim_size(0))
+      return errors::InvalidArgument("tf_rnn GRU op: need ", time_major ? "[time, batch, " : "[batch, time, ",
+                                     width, "·units]; got ", t->shape().DebugString());
+  return absl::OkStatus();
+}
+
+class GruForward : public OpKernel {
+ public:
+  explicit GruForward(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckGru(x, u, &w, {}));
+    const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
+    OP_REQUIRES(ctx, bias.dims() == 2 && bias.dim_size(0) == 2 && bias.dim_size(1) == G,
+                errors::InvalidArgument("tf_rnn GRU op: bias must be [2, 3·units]; got ", bias.shape().DebugString()));
+    Tensor *h, *g, *qh;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({Bt, T, U}), &h));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({T, Bt, G}), &g));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &qh));
+    if (Bt * T == 0) return;
+    Tensor w_buf, u_buf, q_buf;
+    float *w_packed, *u_packed, *q_all;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(F, G), &w_buf, &w_packed));
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(U, G), &u_buf, &u_packed));
+    const int64_t per = RowsPerThread(ctx, Bt);
+    OP_REQUIRES_OK(ctx, Scratch(ctx, Bt * G, &q_buf, &q_all));  // h_prev·U + b_rec of the current step, per row.
+    const B wp = Pack(w.flat<float>().data(), F, G, G, 1, w_packed), up = Pack(u.flat<float>().data(), U, G, G, 1, u_packed);
+    const float *xp = x.flat<float>().data(), *b_in = bias.flat<float>().data(), *b_rec = b_in + G;
+    float *hp = h->flat<float>().data(), *gp = g->flat<float>().data(), *qhp = qh->flat<float>().data();
+    ForRowBlocks(ctx, Bt, per, [&](int64_t, int64_t lo, int64_t hi) {
+      float* q = q_all + lo * G;
+      for (int64_t t = 0; t < T; ++t) {
+        float* a = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart: a, then the activated gates.
+        for (int64_t b = lo; b < hi; ++b) {
+          std::copy(b_in, b_in + G, a + (b - lo) * G);
+          std::copy(b_rec, b_rec + G, q + (b - lo) * G);
+        }
+        Gemm({Term{A{xp + (lo * T + t) * F, T * F, 1}, wp}}, hi - lo, a, G, /*acc_in=*/true);
+        if (t) Gemm({Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up}}, hi - lo, q, G, /*acc_in=*/true);
+        for (int64_t b = lo; b < hi; ++b) {
+          const int64_t row = t * Bt + b;
+          Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + (b * T + t) * U, U);
+          Arr(qhp + row * U, U) = qr.tail(U);
+          ar.head(2 * U) = (ar.head(2 * U) + qr.head(2 * U)).unaryExpr(logistic);  // z, r
+          ar.tail(U) = (ar.tail(U) + ar.segment(U, U) * qr.tail(U)).tanh();         // n
+          if (t)
+            ho = ar.head(U) * CArr(hp + (b * T + t - 1) * U, U) + (1.f - ar.head(U)) * ar.tail(U);
+          else
+            ho = (1.f - ar.head(U)) * ar.tail(U);
+        }
+      }
+    });
+  }
+};
+
+class GruBackward : public OpKernel {
+ public:
+  explicit GruBackward(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
+                 &g = ctx->input(4), &qh = ctx->input(5);
+    OP_REQUIRES_OK(ctx, CheckGru(x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
+    const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
+    Tensor *dz, *dw, *du, *db;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({F, G}), &dw));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, u.shape(), &du));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({2, G}), &db));
+    Tensor ut_buf;
+    float* ut_packed;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
+    const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev += dq · Uᵀ.
+    const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
+                *gp = g.flat<float>().data(), *qhp = qh.flat<float>().data();
+    float* dzp = dz->flat<float>().data();
+    // Per block of kGradRows rows (see the LSTM's backward op): the sums [F + U + 2, 3·units] — dW, dU, d b_in,
+    // d b_rec — the gradient flowing back into h along time, dq (the gradient of q) row-major and both dz and dq
+    // packed in panels, a transpose buffer.
+    const int64_t sums_size = (F + U + 2) * G, max_stride = (kGradRows + 1) * kPanel,
+                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+                  per_block = sums_size + kGradRows * U + kGradRows * G + 2 * pack_size + scratch_size;
+    const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
+    Tensor work_buf;
+    float* work;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, nblocks * per_block, &work_buf, &work));
+    const int64_t blocks = nblocks == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
+      float* mem = work + block * per_block;
+      std::fill(mem, mem + per_block, 0.f);
+      float *sw = mem, *su = sw + F * G, *sb_in = su + U * G, *sb_rec = sb_in + G;
+      float *dh_next = mem + sums_size, *dq = dh_next + kGradRows * U, *dz_pack = dq + kGradRows * G,
+            *dq_pack = dz_pack + pack_size, *scratch = dq_pack + pack_size;
+      const int64_t m = hi - lo, pack_stride = (m + 1) * kPanel;
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t b = lo; b < hi; ++b) {
+          const int64_t row = t * Bt + b;
+          CArr gr(gp + row * G, G), q_h(qhp + row * U, U);
+          auto z = gr.head(U), r = gr.segment(U, U), n = gr.tail(U);
+          Arr dz_r(dzp + row * G, G), dq_r(dq + (b - lo) * G, G), dhn(dh_next + (b - lo) * U, U);
+          dhn += CArr(dhp + (b * T + t) * U, U);  // The whole gradient reaching h_t: along time and from outside.
+          dz_r.tail(U) = dhn * (1.f - z) * (1.f - n * n);                        // d a_h
+          if (t)
+            dz_r.head(U) = dhn * (CArr(hp + (b * T + t - 1) * U, U) - n) * z * (1.f - z);  // d a_z
+          else
+            dz_r.head(U) = -dhn * n * z * (1.f - z);
+          dz_r.segment(U, U) = dz_r.tail(U) * q_h * r * (1.f - r);             // d a_r
+          dq_r.head(2 * U) = dz_r.head(2 * U);                                   // q_z, q_r enter like a_z, a_r
+          dq_r.tail(U) = dz_r.tail(U) * r;                                       // q_h is scaled by r
+          dhn *= z;  // The direct path h_prev → h; dq·Uᵀ is added below.
+          const float *d = dz_r.data(), *e = dq_r.data();
+          for (int64_t j = 0; j < G; ++j) {
+            sb_in[j] += d[j];
+            sb_rec[j] += e[j];
+          }
+          for (int64_t j = 0; j < G; j += kPanel) {
+            const int64_t cols = std::min<int64_t>(kPanel, G - j);
+            std::copy_n(d + j, cols, &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
+            std::copy_n(e + j, cols, &dq_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
+          }
+        }
+        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), B{dz_pack, kPanel, pack_stride, m, G}}}, F, sw, G,
+             /*acc_in=*/true);  // dW += x_tᵀ·dz_t
+        if (t) {
+          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), B{dq_pack, kPanel, pack_stride, m, G}}}, U, su, G,
+               /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
+          Gemm({Term{A{dq, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
+        }
+      }
+    });
+    Eigen::Map<Eigen::ArrayXf> out_w(dw->flat<float>().data(), F * G), out_u(du->flat<float>().data(), U * G),
+        out_b(db->flat<float>().data(), 2 * G);
+    out_w.setZero();
+    out_u.setZero();
+    out_b.setZero();
+    for (int64_t k = 0; k < blocks; ++k) {
+      const float* s = work + k * per_block;
+      out_w += CArr(s, F * G);
+      out_u += CArr(s + F * G, U * G);
+      out_b += CArr(s + (F + U) * G, 2 * G);
+    }
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("TfRnnGruForward").Device(DEVICE_CPU), GruForward);
+REGISTER_KERNEL_BUILDER(Name("TfRnnGruBackward").Device(DEVICE_CPU), GruBackward);
 REGISTER_KERNEL_BUILDER(Name("TfRnnLstmForward").Device(DEVICE_CPU), Forward);
 REGISTER_KERNEL_BUILDER(Name("TfRnnLstmBackward").Device(DEVICE_CPU), Backward);
 }  // namespace tf_rnn
