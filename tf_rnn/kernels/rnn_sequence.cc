@@ -243,19 +243,34 @@ struct Seq {
   int64_t width;
   bool time_major;
 };
-static Status CheckShapes(const Tensor& x, const Tensor& u, const Tensor* w, std::initializer_list<Seq> seq) {
-  const bool ok_u = u.dims() == 2 && u.dim_size(1) == 4 * u.dim_size(0);
+// `cell` names the op in the message; `gates` is 4 (LSTM) or 3 (GRU).
+static Status CheckShapes(const char* cell, int gates, const Tensor& x, const Tensor& u, const Tensor* w,
+                          std::initializer_list<Seq> seq) {
+  const bool ok_u = u.dims() == 2 && u.dim_size(1) == gates * u.dim_size(0);
   if (x.dims() != 3 || !ok_u || (w && (w->dims() != 2 || w->dim_size(0) != x.dim_size(2) ||
                                        w->dim_size(1) != u.dim_size(1))))
-    return errors::InvalidArgument("tf_rnn LSTM op: need x [batch, time, features], kernel [features, 4·units], "
-                                   "recurrent_kernel [units, 4·units]; got ", x.shape().DebugString(), ", ",
-                                   w ? w->shape().DebugString() : "-", ", ", u.shape().DebugString());
+    return errors::InvalidArgument("tf_rnn ", cell, " op: need x [batch, time, features], kernel [features, ", gates,
+                                   "·units], recurrent_kernel [units, ", gates, "·units]; got ",
+                                   x.shape().DebugString(), ", ", w ? w->shape().DebugString() : "-", ", ",
+                                   u.shape().DebugString());
   for (auto [t, width, time_major] : seq)
     if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
         t->dim_size(2) != width * u.dim_size(0))
-      return errors::InvalidArgument("tf_rnn LSTM op: need ", time_major ? "[time, batch, " : "[batch, time, ",
+      return errors::InvalidArgument("tf_rnn ", cell, " op: need ", time_major ? "[time, batch, " : "[batch, time, ",
                                      width, "·units]; got ", t->shape().DebugString());
   return absl::OkStatus();
+}
+
+// The weight gradients: each output is the sum over blocks of its stretch at the start of every block's working
+// memory (the outputs' stretches lie one after another there), added in block order.
+static void AddBlockSums(const float* work, int64_t blocks, int64_t per_block, std::initializer_list<Tensor*> outs) {
+  int64_t offset = 0;
+  for (Tensor* out : outs) {
+    Arr sum(out->flat<float>().data(), out->NumElements());
+    sum.setZero();
+    for (int64_t k = 0; k < blocks; ++k) sum += CArr(work + k * per_block + offset, sum.size());
+    offset += sum.size();
+  }
 }
 
 class Forward : public OpKernel {
@@ -263,7 +278,7 @@ class Forward : public OpKernel {
   explicit Forward(OpKernelConstruction* c) : OpKernel(c) {}
   void Compute(OpKernelContext* ctx) override {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
-    OP_REQUIRES_OK(ctx, CheckShapes(x, u, &w, {}));
+    OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, &w, {}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     OP_REQUIRES(ctx, bias.dims() == 1 && bias.dim_size(0) == G,
                 errors::InvalidArgument("tf_rnn LSTM op: bias must be [4·units]; got ", bias.shape().DebugString()));
@@ -312,7 +327,8 @@ class Backward : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &c = ctx->input(4), &tanh_c = ctx->input(5), &g = ctx->input(6);
-    OP_REQUIRES_OK(ctx, CheckShapes(x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
+    OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
+                                    {{&dh, 1, false}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -377,17 +393,7 @@ class Backward : public OpKernel {
         }
       }
     });
-    Eigen::Map<Eigen::ArrayXf> out_w(dw->flat<float>().data(), F * G), out_u(du->flat<float>().data(), U * G),
-        out_b(db->flat<float>().data(), G);
-    out_w.setZero();
-    out_u.setZero();
-    out_b.setZero();
-    for (int64_t k = 0; k < blocks; ++k) {
-      const float* s = work + k * per_block;
-      out_w += CArr(s, F * G);
-      out_u += CArr(s + F * G, U * G);
-      out_b += CArr(s + (F + U) * G, G);
-    }
+    AddBlockSums(work, blocks, per_block, {dw, du, db});
   }
 };
 
@@ -441,27 +447,12 @@ REGISTER_OP("TfRnnGruBackward")
       return absl::OkStatus();
     });
 
-static Status CheckGru(const Tensor& x, const Tensor& u, const Tensor* w, std::initializer_list<Seq> seq) {
-  const bool ok_u = u.dims() == 2 && u.dim_size(1) == 3 * u.dim_size(0);
-  if (x.dims() != 3 || !ok_u || (w && (w->dims() != 2 || w->dim_size(0) != x.dim_size(2) ||
-                                       w->dim_size(1) != u.dim_size(1))))
-    return errors::InvalidArgument("tf_rnn GRU op: need x [batch, time, features], kernel [features, 3·units], "
-                                   "recurrent_kernel [units, 3·units]; got ", x.shape().DebugString(), ", ",
-                                   w ? w->shape().DebugString() : "-", ", ", u.shape().DebugString());
-  for (auto [t, width, time_major] : seq)
-    if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
-        t->dim_size(2) != width * u.dim_size(0))
-      return errors::InvalidArgument("tf_rnn GRU op: need ", time_major ? "[time, batch, " : "[batch, time, ",
-                                     width, "·units]; got ", t->shape().DebugString());
-  return absl::OkStatus();
-}
-
 class GruForward : public OpKernel {
  public:
   explicit GruForward(OpKernelConstruction* c) : OpKernel(c) {}
   void Compute(OpKernelContext* ctx) override {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
-    OP_REQUIRES_OK(ctx, CheckGru(x, u, &w, {}));
+    OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, &w, {}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     OP_REQUIRES(ctx, bias.dims() == 2 && bias.dim_size(0) == 2 && bias.dim_size(1) == G,
                 errors::InvalidArgument("tf_rnn GRU op: bias must be [2, 3·units]; got ", bias.shape().DebugString()));
@@ -511,7 +502,7 @@ class GruBackward : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &g = ctx->input(4), &qh = ctx->input(5);
-    OP_REQUIRES_OK(ctx, CheckGru(x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
+    OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -578,17 +569,7 @@ class GruBackward : public OpKernel {
         }
       }
     });
-    Eigen::Map<Eigen::ArrayXf> out_w(dw->flat<float>().data(), F * G), out_u(du->flat<float>().data(), U * G),
-        out_b(db->flat<float>().data(), 2 * G);
-    out_w.setZero();
-    out_u.setZero();
-    out_b.setZero();
-    for (int64_t k = 0; k < blocks; ++k) {
-      const float* s = work + k * per_block;
-      out_w += CArr(s, F * G);
-      out_u += CArr(s + F * G, U * G);
-      out_b += CArr(s + (F + U) * G, 2 * G);
-    }
+    AddBlockSums(work, blocks, per_block, {dw, du, db});
   }
 };
 
