@@ -328,3 +328,12 @@ def test_gradients_are_bitwise_equal_with_1_to_4_threads(kernels, tmp_path):
             np.testing.assert_array_equal(g[key], grads[0][key])
     assert len(grads[0].files) == 6  # LSTM's and GRU's kernel, recurrent kernel and bias gradients.
     assert np.abs(grads[0]["arr_1"]).max() > 0 and np.abs(grads[0]["arr_4"]).max() > 0  # Real sums over rows, steps.
+
+
+@pytest.mark.parametrize("device, reason", [("GPU", "a GPU is visible"), ("TPU", "a TPU is visible")])
+def test_never_fused_where_a_gpu_or_tpu_is_visible(fresh, monkeypatch, device, reason):
+    real = tf.config.list_logical_devices
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: [object()] if kind == device else real(kind))
+    assert fused.unsupported_reason().startswith(reason)
+    assert not fused.available() and fused._module is None  # Nothing was built or loaded.
