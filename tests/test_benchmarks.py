@@ -11,8 +11,8 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_only_tf_rnn_json_is_one_rate_per_contender(cell, fashion_dir, tmp_path):
+def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
+    cell = "gru"  # The LSTM form is the README's own command; GRU shares every line of the harness but the layer.
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.train_throughput", "--cell", cell, "--only", "tf_rnn", "--repeats", "1",
          "--warmup", "3", "--steps", "5", "--json", str(tmp_path / "b.json"), "--report", str(tmp_path / "r.json")],
