@@ -135,7 +135,7 @@ def test_training_through_the_fused_path_equals_keras(kernels, monkeypatch, cell
 
 def test_falls_back_to_keras_when_the_kernel_cannot_be_built(fresh, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler")
-    with pytest.warns(UserWarning, match="fused CPU LSTM kernel unavailable .*no C\\+\\+ compiler \\(no-such-compiler\\).*keras.layers.LSTM"):
+    with pytest.warns(UserWarning, match="fused CPU RNN kernel unavailable .*no C\\+\\+ compiler \\(no-such-compiler\\).*Keras' own"):
         assert not fused.available()
     rnn = StackedRNN(units=[8])
     x = np.random.rand(3, 28, 28).astype("float32")
@@ -167,7 +167,7 @@ def test_build_and_info_commands(kernels, capsys):
     path = capsys.readouterr().out.strip()
     assert path == str(fused.kernel_path()) and os.path.exists(path)
     assert fused.main(["info"]) == 0
-    assert capsys.readouterr().out.strip() == f"fused CPU LSTM: used here (kernel {path})"
+    assert capsys.readouterr().out.strip() == f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path})"
 
 
 def test_info_and_build_say_why_not(fresh, monkeypatch, capsys):
@@ -255,7 +255,7 @@ def test_two_real_builds_racing_on_an_empty_cache_compile_once(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     results = [(p.wait(timeout=900), *p.communicate()) for p in procs]
     assert [r[0] for r in results] == [0, 0], results
-    assert sum(err.count("compiling the fused CPU LSTM kernel") for _, _, err in results) == 1
+    assert sum(err.count("compiling the fused CPU RNN kernel") for _, _, err in results) == 1
     (path,) = {out.strip() for _, out, _ in results}
     assert fused.load_error(path) is None
 

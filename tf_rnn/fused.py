@@ -119,7 +119,7 @@ def load_error(path: Path) -> str | None:
 def _compile(out: Path) -> None:
     """Compiles into a unique temporary file beside `out`, test-loads it, then publishes it atomically."""
     cxx, _ = compiler()
-    print(f"tf_rnn: compiling the fused CPU LSTM kernel into {out.parent} (once; 15-60 s)", file=sys.stderr,
+    print(f"tf_rnn: compiling the fused CPU RNN kernel into {out.parent} (once; 15-60 s)", file=sys.stderr,
           flush=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".so", dir=out.parent)
     os.close(fd)
@@ -182,13 +182,13 @@ def kernels():
                 try:
                     _module = tf.load_op_library(str(build()))
                 except Exception as e:  # noqa: BLE001 - any failure means: use the pure-TensorFlow path.
-                    warnings.warn(f"tf_rnn: fused CPU LSTM kernel unavailable ({e or first}); using "
-                                  "keras.layers.LSTM", stacklevel=2)
+                    warnings.warn(f"tf_rnn: fused CPU RNN kernel unavailable ({e or first}); using Keras' own "
+                                  "LSTM and GRU layers", stacklevel=2)
     return _module
 
 
 def available() -> bool:
-    """Whether LSTMs train through the fused path here (building the kernel first if it must)."""
+    """Whether LSTMs and GRUs train through the fused path here (building the kernel first if it must)."""
     return kernels() is not None
 
 
@@ -207,6 +207,14 @@ def in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
+def _input_gradient(dz, x, kernel):
+    """dx = dz·Wᵀ, back to `[batch, time, features]` (dz is time-major). One large product, which TensorFlow prunes
+    inside a tf.function when nothing needs it (the first layer, whose input is data)."""
+    shape = tf.shape(x)
+    dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
+    return tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])  # Explicit: batch may be 0.
+
+
 @tf.custom_gradient
 def _lstm(x, kernel, recurrent_kernel, bias):
     ops = kernels()
@@ -216,12 +224,7 @@ def _lstm(x, kernel, recurrent_kernel, bias):
         dz, d_kernel, d_recurrent_kernel, d_bias = ops.tf_rnn_lstm_backward(
             d_h, x, recurrent_kernel, h, c, tanh_c, gates
         )
-        # The input's gradient is one large product; inside a tf.function TensorFlow prunes it when nothing
-        # needs it (the first layer, whose input is data). dz is time-major: [time, batch, 4·units].
-        shape = tf.shape(x)
-        dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
-        dx = tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])  # Explicit: batch may be 0.
-        return dx, d_kernel, d_recurrent_kernel, d_bias
+        return _input_gradient(dz, x, kernel), d_kernel, d_recurrent_kernel, d_bias
 
     return h, grad
 
@@ -233,10 +236,7 @@ def _gru(x, kernel, recurrent_kernel, bias):
 
     def grad(d_h):
         dz, d_kernel, d_recurrent_kernel, d_bias = ops.tf_rnn_gru_backward(d_h, x, recurrent_kernel, h, gates, q_h)
-        shape = tf.shape(x)
-        dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
-        dx = tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])
-        return dx, d_kernel, d_recurrent_kernel, d_bias
+        return _input_gradient(dz, x, kernel), d_kernel, d_recurrent_kernel, d_bias
 
     return h, grad
 
@@ -284,17 +284,17 @@ def main(argv=None) -> int:
         return 0
     reason = unsupported_reason()
     if reason:
-        print(f"fused CPU LSTM: not used here: {reason}; Keras' LSTM trains instead")
+        print(f"fused CPU RNN kernel: not used here: {reason}; Keras' own layers train instead")
         return 0
     try:
         path = kernel_path()
     except BuildError as e:
-        print(f"fused CPU LSTM: not used here: {e}; Keras' LSTM trains instead")
+        print(f"fused CPU RNN kernel: not used here: {e}; Keras' own layers train instead")
         return 0
     if path.exists():
-        print(f"fused CPU LSTM: used here (kernel {path})")
+        print(f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path})")
     else:
-        print(f"fused CPU LSTM: used here once built ({path} does not exist yet: `python -m tf_rnn.fused build`, "
+        print(f"fused CPU RNN kernel: used here once built ({path} does not exist yet: `python -m tf_rnn.fused build`, "
               "or the first training run builds it)")
     return 0
 

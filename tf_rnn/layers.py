@@ -100,8 +100,9 @@ class StackedRNN(keras.layers.Layer):
             shape = (shape[0], shape[1], rnn.units)
         self.built = True
 
-    def _fused(self, rnn, x, training) -> bool:
-        """Whether this LSTM or GRU runs through tf_rnn.fused: only in a training step (so that no save path — tf_rnn.export,
+    def _fused_op(self, rnn, x, training):
+        """`tf_rnn.fused.lstm` or `.gru` when this layer runs through the compiled kernel, else None: only in a
+        training step (so that no save path — tf_rnn.export,
         `model.export()`, `tf.saved_model.save` — ever traces the compiled ops, and every SavedModel serves without
         tf_rnn), not under XLA (`jit_compile=True`: XLA has no kernel for them), not switched off, on a CPU host,
         in float32, unless the layer was told to use generic TensorFlow ops only (`use_cudnn=False`, as the
@@ -109,23 +110,22 @@ class StackedRNN(keras.layers.Layer):
         from tf_rnn import fused  # Here, not at the top: `python -m tf_rnn.fused` must not find itself imported.
 
         if not (isinstance(training, bool) and training) or fused.in_xla_context():
-            return False
+            return None
         cell = rnn.cell
         # Keras' defaults are what the kernels compute: tanh, sigmoid gates, a bias, and for GRU reset_after=True.
         supported = (isinstance(rnn, keras.layers.LSTM) or (isinstance(rnn, keras.layers.GRU) and cell.reset_after)) \
             and self.activation == "tanh" and cell.use_bias and rnn.use_cudnn == "auto"
         # The kernels are float32 only: a mixed-precision policy keeps Keras' layers.
-        return supported and x.dtype == "float32" and cell.compute_dtype == "float32" and fused.available()
+        if not (supported and x.dtype == "float32" and cell.compute_dtype == "float32" and fused.available()):
+            return None
+        return fused.lstm if isinstance(rnn, keras.layers.LSTM) else fused.gru
 
     def call(self, inputs, training=None):
         x = inputs
         for rnn, drop in zip(self.rnns, self.dropouts):
-            if self._fused(rnn, x, training):
-                from tf_rnn import fused
-
-                cell = rnn.cell
-                run = fused.lstm if isinstance(rnn, keras.layers.LSTM) else fused.gru
-                x = run(x, cell.kernel, cell.recurrent_kernel, cell.bias, rnn.return_sequences)
+            op = self._fused_op(rnn, x, training)
+            if op:
+                x = op(x, rnn.cell.kernel, rnn.cell.recurrent_kernel, rnn.cell.bias, rnn.return_sequences)
             else:
                 x = rnn(x, training=training)
             x = drop(x, training=training)
