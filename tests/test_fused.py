@@ -337,3 +337,24 @@ def test_never_fused_where_a_gpu_or_tpu_is_visible(fresh, monkeypatch, device, r
                         lambda kind=None: [object()] if kind == device else real(kind))
     assert fused.unsupported_reason().startswith(reason)
     assert not fused.available() and fused._module is None  # Nothing was built or loaded.
+
+
+def test_a_failing_build_is_tried_once_and_a_damaged_cache_file_goes_through_build(fresh, monkeypatch, tmp_path):
+    calls = []
+
+    def failing_build():
+        calls.append(1)
+        raise fused.BuildError("building rnn_sequence.cc failed: error: planted")
+
+    monkeypatch.setattr(fused, "kernel_path", lambda: tmp_path / "missing.so")
+    monkeypatch.setattr(fused, "build", failing_build)
+    with pytest.warns(UserWarning, match="kernel unavailable .*planted"):
+        assert fused.kernels() is None
+    assert calls == [1]  # Not compiled a second time before giving up.
+    damaged = tmp_path / "damaged.so"
+    damaged.write_bytes(b"not an ELF file")
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "kernel_path", lambda: damaged)
+    with pytest.warns(UserWarning, match="planted"):
+        assert fused.kernels() is None
+    assert calls == [1, 1]  # The unloadable cached file was handed to build() (which rebuilds it), once.

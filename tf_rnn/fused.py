@@ -175,15 +175,16 @@ def kernels():
         if unsupported_reason() is None:
             try:
                 path = kernel_path()
-                # The common case, a good cached file, loads in-process at once; anything else goes through
-                # build(), which checks, rebuilds and test-loads under the lock.
-                _module = tf.load_op_library(str(path if path.exists() else build()))
-            except Exception as first:  # noqa: BLE001 - a damaged cache file: rebuild it once.
-                try:
+                if path.exists():  # The common case, a good cached file, loads in-process at once.
+                    try:
+                        _module = tf.load_op_library(str(path))
+                    except Exception:  # noqa: BLE001 - damaged: build() below checks and rebuilds it once.
+                        pass
+                if _module is None:
                     _module = tf.load_op_library(str(build()))
-                except Exception as e:  # noqa: BLE001 - any failure means: use the pure-TensorFlow path.
-                    warnings.warn(f"tf_rnn: fused CPU RNN kernel unavailable ({e or first}); using Keras' own "
-                                  "LSTM and GRU layers", stacklevel=2)
+            except Exception as e:  # noqa: BLE001 - any failure means: use the pure-TensorFlow path.
+                warnings.warn(f"tf_rnn: fused CPU RNN kernel unavailable ({e}); using Keras' own LSTM and GRU "
+                              "layers", stacklevel=2)
     return _module
 
 
@@ -282,14 +283,14 @@ def main(argv=None) -> int:
     if args.command == "build":
         print(build())
         return 0
-    reason = unsupported_reason()
+    reason, path = unsupported_reason(), None
+    if reason is None:
+        try:
+            path = kernel_path()
+        except BuildError as e:
+            reason = str(e)
     if reason:
         print(f"fused CPU RNN kernel: not used here: {reason}; Keras' own layers train instead")
-        return 0
-    try:
-        path = kernel_path()
-    except BuildError as e:
-        print(f"fused CPU RNN kernel: not used here: {e}; Keras' own layers train instead")
         return 0
     if path.exists():
         print(f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path})")
