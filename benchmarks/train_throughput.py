@@ -39,9 +39,10 @@ def flop_per_sample(cell: str) -> int:
 
 
 def _data():
-    from tf_rnn import data
+    from tf_rnn import datasets
+    from tf_rnn.config import resolve
 
-    arrays = data.load("fashion_mnist")
+    arrays, _ = datasets.load(resolve("seed", overrides={"dataset": "fashion_mnist"}))
     return arrays.x_train, arrays.y_train
 
 

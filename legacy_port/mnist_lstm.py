@@ -19,6 +19,7 @@ from legacy_port.basic_lstm_cell import BasicLSTMCell
 from tf_rnn import cli
 from tf_rnn import data as tf_rnn_data
 from tf_rnn.cli import RunError, UsageError
+from tf_rnn.datasets import IMAGE_DATASETS
 
 v1 = tf.compat.v1
 
@@ -121,7 +122,7 @@ def evaluate(sess, g, images: np.ndarray, labels: np.ndarray, chunk: int = 1000)
 @cli.entry_point()
 def main(argv=None) -> int:
     parser = cli.OneLineParser(prog="python -m legacy_port.mnist_lstm", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
+    parser.add_argument("--dataset", default="mnist", choices=IMAGE_DATASETS)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--training-iters", type=int, default=training_iters, help="training samples (100000)")

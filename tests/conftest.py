@@ -51,6 +51,18 @@ def write_idx_dir(folder: Path, arrays: data.Arrays, compress=True) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def restore_op_determinism():
+    """train_and_evaluate enables op determinism for the whole process (reruns are bit-identical); tests that ran
+    before it must not change what the next test sees (Keras turns XLA off under it, TF1 graphs need seeds)."""
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    yield
+    if not before:
+        tf_config.disable_op_determinism()
+
+
 @pytest.fixture
 def tiny():
     return synthetic_arrays()

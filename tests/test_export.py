@@ -24,7 +24,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
-    return export.export_saved_model(model, tmp_path_factory.mktemp("e") / "sm", dataset="fashion_mnist")
+    return export.export_saved_model(model, tmp_path_factory.mktemp("e") / "sm", "fashion_mnist")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Keras deserialises a custom class only once the module that registers it has been imported: importing them here
 # is what lets `import tf_rnn` + `keras.saving.load_model(...)` read every model tf_rnn writes.
-from tf_rnn import layers, models  # noqa: E402, F401
+from tf_rnn import datasets, layers, models  # noqa: E402, F401
 
 __version__ = "0.1.0"

@@ -7,13 +7,14 @@ import typing
 from pathlib import Path
 from typing import Any, Optional
 
+from tf_rnn import datasets
 from tf_rnn.cli import UsageError
 
 CELL_CHOICES = ("lstm", "gru", "simple")
 ACTIVATION_CHOICES = ("tanh", "softsign")
 OPTIMIZER_CHOICES = ("adam", "rmsprop", "adagrad", "nesterov")
 SCHEDULE_CHOICES = ("constant", "cosine")
-DATASET_CHOICES = ("mnist", "fashion_mnist")
+DATASET_HELP = f"dataset: {', '.join(datasets.REGISTRY)}, or PATH.npz (x_train [N, T, F], y_train, x_test, y_test)"
 AUGMENT_CHOICES = ("auto", "none", "hflip")
 STRATEGY_CHOICES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -60,8 +61,13 @@ class TrainConfig(JobConfig):
     """Everything that defines a training run. Written to `config.json` and TensorBoard's HParams."""
 
     preset: str = flag_field("default", "recipe the other flags start from", ("seed", "default"))
-    dataset: str = flag_field("mnist", "dataset to train on", DATASET_CHOICES)
+    dataset: str = flag_field("mnist", DATASET_HELP)
     data_dir: Optional[str] = flag_field(None, "folder with the four IDX files or the .npz (else: see README)")
+    sequence: str = flag_field(
+        "rows", "how an image becomes a sequence: rows (28 steps x 28), pixels (784 x 1), permuted (784 x 1, one "
+        "fixed permutation)", datasets.SEQUENCE_VIEWS
+    )
+    seq_len: Optional[int] = flag_field(None, f"adding/copy: sequence length T (default {datasets.DEFAULT_SEQ_LEN})")
     cell: str = flag_field("lstm", "recurrent cell", CELL_CHOICES)
     layers: int = flag_field(2, "number of stacked recurrent layers")
     units: int = flag_field(128, "units per recurrent layer")
@@ -72,10 +78,11 @@ class TrainConfig(JobConfig):
     lr_schedule: str = flag_field("cosine", "learning-rate schedule over the whole run", SCHEDULE_CHOICES)
     l1: float = flag_field(0.0, "L1 factor on recurrent-layer kernels")
     l2: float = flag_field(0.0, "L2 factor on recurrent-layer kernels")
+    clipnorm: Optional[float] = flag_field(None, "clip each gradient to this norm (adding/copy default: 1)")
     label_smoothing: float = flag_field(0.1, "label smoothing of the cross-entropy targets")
     augment: str = flag_field(
-        "auto", "training augmentation: hflip mirrors images (right for clothes, not digits); auto = hflip on "
-        "fashion_mnist only", AUGMENT_CHOICES
+        "auto", "training augmentation: hflip mirrors images (right for clothes, not digits); auto = the "
+        "dataset's own (hflip on fashion_mnist only)", AUGMENT_CHOICES
     )
     batch_size: int = flag_field(128, "batch size per replica (global batch = this x replicas)")
     epochs: int = flag_field(20, "epochs; given as a flag it replaces the preset's budget, --steps included")
@@ -104,16 +111,35 @@ class TrainConfig(JobConfig):
         for name in ("l1", "l2", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "must be >= 0")
+        if self.clipnorm is not None and not self.clipnorm > 0:
+            raise ConfigError("clipnorm", self.clipnorm, "must be > 0 (leave it out for no clipping)")
+        check_dataset(self)
 
     @property
     def hflip(self) -> bool:
-        """Whether training mirrors images: `auto` only for Fashion-MNIST, where left-right is no class cue."""
-        return self.augment == "hflip" or (self.augment == "auto" and self.dataset == "fashion_mnist")
+        """Whether training mirrors images: `auto` is the dataset's own choice (only Fashion-MNIST mirrors)."""
+        if self.augment == "auto":
+            return datasets.get(self.dataset).augment == "hflip"
+        return self.augment == "hflip"
+
+
+def check_dataset(config) -> None:
+    """The dataset, its `--seq-len` and `--sequence` must go together (one ConfigError naming the flag)."""
+    problem = datasets.check_config(config)
+    if problem:
+        raise ConfigError(*problem)
+    if getattr(config, "augment", None) == "hflip" and config.dataset not in datasets.IMAGE_DATASETS:
+        raise ConfigError("augment", "hflip", "mirrors images; only for image datasets (use none or auto)")
 
 
 
-def changed_fields(old: dict, new: dict, ignore=()) -> str:
-    """`"units: 16 -> 32, lr: ..."` for the fields that differ between two saved configs; "" when none do."""
+def changed_fields(old: dict, new: dict, ignore=(), cls=None) -> str:
+    """`"units: 16 -> 32, lr: ..."` for the fields that differ between two saved configs; "" when none do.
+
+    With `cls`, a field missing from `old` (saved by an older tf_rnn) counts as that dataclass' default.
+    """
+    if cls is not None:
+        old = {**{f.name: f.default for f in dataclasses.fields(cls) if f.name not in old}, **old}
     keys = [k for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k) != new.get(k)]
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
@@ -149,6 +175,9 @@ def resolve(preset: str = "default", file_values: dict | None = None, overrides:
     if preset not in PRESETS:
         raise ConfigError("preset", preset, f"choose one of: {', '.join(PRESETS)}")
     values.update(PRESETS[preset], preset=preset)
+    dataset = overrides.get("dataset", file_values.get("dataset", TrainConfig.dataset))
+    if dataset in datasets.REGISTRY:
+        values.update(datasets.REGISTRY[dataset].defaults)
     values.update(file_values)
     if "epochs" in overrides and "steps" not in overrides:
         values["steps"] = None  # --epochs replaces the budget (the seed preset's is a step count), not adds a cap.

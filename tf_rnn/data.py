@@ -90,13 +90,15 @@ SYSTEM_DATA_ROOT = Path("/usr/share/datasets")
 
 
 class Arrays(NamedTuple):
-    """A dataset in memory: `<uint8>[N, 28, 28]` images and `<int64>[N]` labels in `[0, 10)`."""
+    """A dataset in memory: inputs `[N, T, F]` and targets (for images: `<uint8>[N, 28, 28]` and `<int64>[N]` labels
+    in `[0, 10)`; other datasets: see `tf_rnn.datasets`)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     source: str = ""
+    class_names: tuple[str, ...] = ()  # A user's .npz may name its classes.
 
 
 def other_dataset_holding(digest: str, spec: DatasetSpec) -> str | None:
@@ -338,7 +340,8 @@ def load(
 
 
 class Splits(NamedTuple):
-    """Batched `tf.data.Dataset`s of `(<float32>[batch, 28, 28] in [0, 1], <int64>[batch])`; `train` is endless."""
+    """Batched `tf.data.Dataset`s of `(<float32>[batch, T, F], targets)` (images: `[batch, 28, 28]` in [0, 1] and
+    `<int64>[batch]` labels); `train` is endless."""
 
     train: object
     validation: object | None
@@ -359,7 +362,9 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
 def _to_float(images, labels):
     import tensorflow as tf
 
-    return tf.cast(images, tf.float32) / 255.0, labels
+    if images.dtype == tf.uint8:  # Image pixels; every other dataset's inputs are float32 already.
+        return tf.cast(images, tf.float32) / 255.0, labels
+    return images, labels
 
 
 def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int):

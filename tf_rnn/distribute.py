@@ -79,12 +79,12 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
     """`model.fit` for strategies where Keras' own trainer fails: `strategy.run` steps over distributed datasets.
 
     Same contract as `fit` for what this package uses: Keras callbacks (BackupAndRestore, TensorBoard, ours) get
-    the same hooks and logs (`loss`, `accuracy`, `val_loss`, `val_accuracy`), `Epoch N/M` progress bars are
+    the same hooks and logs (`loss`, `accuracy` or `mae`, `val_loss`, `val_accuracy` or `val_mae`), `Epoch N/M` progress bars are
     printed, `model.stop_training` is honoured, and a History is returned.
 
     Args:
       model: compiled inside `strategy.scope()`; its `loss` must be a Keras Loss (per-example `call`).
-      train_ds: endless dataset of global batches `(<float32>[global_batch, 28, 28], <int64>[global_batch])`.
+      train_ds: endless dataset of global batches `(<float32>[global_batch, T, F], targets)`.
       validation_ds: finite dataset of global batches, or None.
     """
     import keras
@@ -95,11 +95,20 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
     dist_train = strategy.experimental_distribute_dataset(train_ds.with_options(options))
     dist_val = strategy.experimental_distribute_dataset(validation_ds.with_options(options)) if validation_ds else None
     loss_fn = model.loss
+    metric = "mae" if isinstance(loss_fn, keras.losses.MeanSquaredError) else "accuracy"
 
-    def sums(y, logits):
-        per_example = loss_fn.call(y, logits)  # Un-reduced: <float32>[replica_batch].
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
-        return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(y), tf.float32), per_example
+    def per_example_mean(t):
+        """`[replica_batch, ...]` → `[replica_batch]`: per-step tasks average over their steps."""
+        return tf.reshape(tf.reduce_mean(tf.reshape(t, [tf.shape(t)[0], -1]), axis=1), [-1])
+
+    def sums(y, outputs):
+        per_example = per_example_mean(loss_fn.call(y, outputs))  # Un-reduced: <float32>[replica_batch].
+        if metric == "mae":
+            score = per_example_mean(tf.abs(outputs - tf.cast(y, outputs.dtype)))
+        else:
+            score = per_example_mean(tf.cast(tf.equal(tf.argmax(outputs, -1), tf.cast(y, tf.int64)), tf.float32))
+        count = tf.cast(tf.shape(per_example)[0], tf.float32)
+        return tf.reduce_sum(per_example), tf.reduce_sum(score), count, per_example
 
     @tf.function
     def train_step(iterator):
@@ -142,7 +151,7 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
         for step in range(steps_per_epoch):
             cbs.on_train_batch_begin(step)
             total = [t + float(v) for t, v in zip(total, train_step(iterator))]
-            logs = {"loss": total[0] / total[2], "accuracy": total[1] / total[2]}
+            logs = {"loss": total[0] / total[2], metric: total[1] / total[2]}
             cbs.on_train_batch_end(step, logs)
             if model.stop_training:
                 break
@@ -151,7 +160,7 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
             val = [0.0, 0.0, 0.0]
             for x, y in dist_val:
                 val = [t + float(v) for t, v in zip(val, eval_step(x, y))]
-            logs.update(val_loss=val[0] / val[2], val_accuracy=val[1] / val[2])
+            logs.update({"val_loss": val[0] / val[2], f"val_{metric}": val[1] / val[2]})
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -1,4 +1,4 @@
-"""Export: a trained .keras model → a portable SavedModel with float and uint8 serving signatures."""
+"""Export: a trained .keras model → a portable SavedModel whose signatures follow the dataset's task."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tf_rnn import cli
 from tf_rnn.cli import RunError, UsageError
-from tf_rnn.data import DATASETS, IMAGE_SHAPE
+from tf_rnn import datasets
+from tf_rnn.datasets import CLASSIFICATION, PER_STEP, REGRESSION, DataSpec
 
 METADATA = "assets.extra/tf_rnn.json"  # Read by tf_rnn.predict; TF Serving ignores assets.extra.
 
@@ -35,14 +36,29 @@ def generic_kernels(model):
             layer.use_cudnn = value
 
 
-def export_saved_model(model, out_dir: str | Path, dataset: str | None = None) -> Path:
-    """Writes `model` as a SavedModel with two signatures, both returning `logits`, `probabilities`, `classes`:
+def image_spec(dataset: str | None) -> DataSpec:
+    """The spec of a row-wise image classifier (runs written before data_spec.json existed, TF1 conversions);
+    without a known dataset its class names are unknown (predict prints class indices)."""
+    if dataset in datasets.IMAGE_DATASETS:
+        return datasets.REGISTRY[dataset].spec(None, None)
+    return DataSpec(dataset or "images", (28, 28), CLASSIFICATION, image=True)
 
-    - `serving_default`: `images <float32>[batch, 28, 28]` with values in [0, 1] (checked: out-of-range or
-      non-finite input is an InvalidArgument error, not a silently wrong answer);
-    - `serve_uint8`: `images <uint8>[batch, 28, 28]` raw pixels, scaled inside the graph.
 
-    Outputs: `logits <float32>[batch, 10]`, `probabilities <float32>[batch, 10]`, `classes <int64>[batch]`.
+def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None = None) -> Path:
+    """Writes `model` as a SavedModel whose signatures follow the dataset's task.
+
+    `serving_default` takes the dataset's `<float32>[batch, T, F]`: `images` `[batch, 28, 28]` in [0, 1] for
+    image datasets (whatever the sequence view: it is inside the model), else `sequences`. Out-of-range (images)
+    or non-finite input is an InvalidArgument error, not a silently wrong answer. Image datasets also get
+    `serve_uint8`: `images <uint8>[batch, 28, 28]`, raw pixels scaled inside the graph.
+
+    Outputs: classification `logits`/`probabilities <float32>[batch, classes]`, `classes <int64>[batch]`;
+    per-step classification the same with a `steps` axis (`[batch, steps, classes]`, `[batch, steps]`);
+    regression `predictions <float32>[batch, targets]`, in the targets' units.
+
+    Args:
+      spec: what the model takes and returns (`datasets.load`, or the run's data_spec.json); an image dataset's
+        name or None mean a row-wise image classifier.
 
     Raises:
       FileExistsError: `out_dir` exists (an export is never overwritten).
@@ -53,40 +69,61 @@ def export_saved_model(model, out_dir: str | Path, dataset: str | None = None) -
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; choose another --out (nothing was overwritten)")
+    if not isinstance(spec, DataSpec):
+        spec = image_spec(spec)
 
-    def heads(images):
-        logits = model(images, training=False)
+    def heads(inputs):
+        outputs = model(inputs, training=False)
+        if spec.task == REGRESSION:
+            return {"predictions": outputs}
         return {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1),
+            "logits": outputs,
+            "probabilities": tf.nn.softmax(outputs),
+            "classes": tf.argmax(outputs, axis=-1),
         }
 
-    def serve_float(images):
-        check = tf.debugging.assert_equal(
-            tf.reduce_all((images >= 0.0) & (images <= 1.0)),  # NaN fails both comparisons.
-            True,
-            message="images must be float32 in [0, 1] (send raw 0-255 pixels as uint8 to serve_uint8)",
-        )
-        with tf.control_dependencies([check]):
-            return heads(tf.identity(images))
+    def serve_float(inputs):
+        if spec.image:
+            ok = tf.reduce_all((inputs >= 0.0) & (inputs <= 1.0))  # NaN fails both comparisons.
+            message = "images must be float32 in [0, 1] (send raw 0-255 pixels as uint8 to serve_uint8)"
+        else:
+            ok = tf.reduce_all(tf.math.is_finite(inputs))
+            message = "sequences must be finite float32 values"
+        with tf.control_dependencies([tf.debugging.assert_equal(ok, True, message=message)]):
+            return heads(tf.identity(inputs))
 
     def serve_uint8(images):
         return heads(tf.cast(images, tf.float32) / 255.0)
 
+    name = "images" if spec.image else "sequences"
     archive = keras.export.ExportArchive()
     archive.track(model)
     with generic_kernels(model):
         archive.add_endpoint(
-            "serving_default", serve_float, [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="images")]
+            "serving_default", serve_float, [tf.TensorSpec([None, *spec.input_shape], tf.float32, name=name)]
         )
-        archive.add_endpoint("serve_uint8", serve_uint8, [tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")])
+        if spec.image:
+            archive.add_endpoint(
+                "serve_uint8", serve_uint8, [tf.TensorSpec([None, *spec.input_shape], tf.uint8, name="images")]
+            )
         archive.write_out(str(out_dir), verbose=False)
     meta = out_dir / METADATA
     meta.parent.mkdir(parents=True, exist_ok=True)
-    names = list(DATASETS[dataset].class_names) if dataset in DATASETS else None
-    meta.write_text(json.dumps({"dataset": dataset, "class_names": names}, indent=2) + "\n")
+    # `dataset` and `class_names` as before; the rest tells tf_rnn.predict what to read and print.
+    meta.write_text(json.dumps({"dataset": spec.name, "class_names": list(spec.class_names) or None,
+                                "spec": spec.to_dict()}, indent=2) + "\n")
     return out_dir
+
+
+def describe(spec: DataSpec) -> str:
+    """The signatures in one line, for the CLI's message."""
+    shape = ", ".join(str(d) for d in spec.input_shape)
+    outputs = {REGRESSION: f"predictions [batch, {spec.targets}]",
+               PER_STEP: f"classes [batch, {spec.output_steps}]"}.get(spec.task, "classes [batch]")
+    text = f"serving_default <float32>[batch, {shape}]"
+    if spec.image:
+        text += f" in [0, 1], serve_uint8 <uint8>[batch, {shape}]"
+    return f"{text} -> {outputs}"
 
 
 def saved_model_op_types(export_dir: str | Path) -> set[str]:
@@ -107,28 +144,40 @@ def main(argv=None) -> int:
     parser = cli.OneLineParser(prog="python -m tf_rnn.export", description=__doc__)
     parser.add_argument("model", help="a .keras file written by tf_rnn.train (its model.keras)")
     parser.add_argument("--out", required=True, help="SavedModel folder to create (must not exist)")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default=None,
-                        help="class names to record for tf_rnn.predict (default: from the run's config.json)")
+    parser.add_argument("--dataset", choices=datasets.IMAGE_DATASETS, default=None,
+                        help="for a model without data_spec.json beside it (a TF1 conversion): the image dataset "
+                        "whose class names to record (default: from the run's config.json)")
     args = parser.parse_args(argv)
     path = Path(args.model)
     if path.suffix != ".keras" or not path.is_file():
         raise UsageError(f"{path}: not a .keras file; pass the model.keras of a training run")
     if Path(args.out).exists():
         raise UsageError(f"--out {args.out}: exists; choose another folder (nothing was overwritten)")
-    dataset = args.dataset
-    config = path.parent / "config.json"
-    if dataset is None and config.exists():
-        dataset = json.loads(config.read_text()).get("dataset")
+    spec = read_spec(path.parent, args.dataset)
     import keras
 
     try:
         model = keras.saving.load_model(path)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's file: one line, not a traceback.
         raise RunError(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: {str(e).splitlines()[0]})")
-    export_saved_model(model, args.out, dataset)
-    print(f"wrote SavedModel {args.out} (signatures: serving_default <float32>[batch, 28, 28] in [0, 1], "
-          f"serve_uint8 <uint8>[batch, 28, 28])")
+    takes = tuple(getattr(model, "input_shape", (None, *spec.input_shape))[1:])
+    if takes != tuple(spec.input_shape):
+        raise RunError(f"{path}: takes {list(takes)} but {spec.name} is {list(spec.input_shape)}; "
+                       "export the model.keras of the run whose data_spec.json/config.json is beside it")
+    export_saved_model(model, args.out, spec)
+    print(f"wrote SavedModel {args.out} ({describe(spec)})")
     return 0
+
+
+def read_spec(run_dir: Path, dataset: str | None) -> DataSpec:
+    """A run's data_spec.json; else (older runs, TF1 conversions) an image classifier of `--dataset` or of the
+    config.json's dataset."""
+    spec_file, config = run_dir / "data_spec.json", run_dir / "config.json"
+    if dataset is None and spec_file.exists():
+        return DataSpec.from_dict(json.loads(spec_file.read_text()))
+    if dataset is None and config.exists():
+        dataset = json.loads(config.read_text()).get("dataset")
+    return image_spec(dataset)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tf_rnn.cli import OneLineParser
+from tf_rnn.datasets import IMAGE_DATASETS
 
 
 def traced_ops(model) -> set[str]:
@@ -27,7 +28,7 @@ def traced_ops(model) -> set[str]:
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m tf_rnn.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="fashion_mnist", choices=["mnist", "fashion_mnist"])
+    parser.add_argument("--dataset", default="fashion_mnist", choices=IMAGE_DATASETS)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workdir", required=True, help="a new folder for the check's training run")
     parser.add_argument("--steps", type=int, default=300)

@@ -1,10 +1,11 @@
-"""Layers: a stacked RNN with dropout only between layers, and the seed's LSTM equations as a readable cell."""
+"""Layers: a stacked RNN with dropout only between layers, sequence views and output heads, the seed's LSTM cell."""
 
 from __future__ import annotations
 
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
@@ -148,6 +149,86 @@ class StackedRNN(keras.layers.Layer):
             "l2": self.l2,
             "return_sequences": self.return_sequences,
         }
+
+
+# The fixed permutation of `--sequence permuted`: numpy's `default_rng(PERMUTATION_SEED).permutation(784)`.
+PERMUTATION_SEED = 1997  # Hochreiter & Schmidhuber's year; any fixed number would do, this one is documented.
+
+
+def pixel_permutation(length: int = 784, seed: int = PERMUTATION_SEED) -> np.ndarray:
+    """`<int64>[length]`: step t of a permuted sequence reads pixel `permutation[t]` of the row-major image."""
+    return np.random.default_rng(seed).permutation(length)
+
+
+@keras.saving.register_keras_serializable(package="tf_rnn")
+class SequenceView(keras.layers.Layer):
+    """How the model reads an image as a sequence. Inside the model, so the SavedModel still takes images.
+
+    `<float32>[batch, 28, 28]` → `rows`: unchanged (28 steps of 28 pixels); `pixels`: `[batch, 784, 1]` in
+    row-major order; `permuted`: `[batch, 784, 1]` in the fixed order `pixel_permutation(784, seed)`.
+    """
+
+    def __init__(self, view: str = "rows", seed: int = PERMUTATION_SEED, **kwargs):
+        super().__init__(**kwargs)
+        if view not in ("rows", "pixels", "permuted"):
+            raise ValueError(f"view={view!r}; choose one of: rows, pixels, permuted")
+        self.view, self.seed = view, int(seed)
+
+    def call(self, images):
+        if self.view == "rows":
+            return images
+        steps = images.shape[1] * images.shape[2]
+        pixels = ops.reshape(images, (-1, steps, 1))
+        if self.view == "pixels":
+            return pixels
+        return ops.take(pixels, pixel_permutation(steps, self.seed), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        if self.view == "rows":
+            return tuple(input_shape)
+        return (input_shape[0], input_shape[1] * input_shape[2], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "view": self.view, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tf_rnn")
+class LastSteps(keras.layers.Layer):
+    """`<float32>[batch, time, features]` → `[batch, steps, features]`, the last `steps` steps: a per-step task
+    that is scored on its final steps only (the copy problem's recall) leaves the others out of loss and metric."""
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = int(steps)
+
+    def call(self, x):
+        return x[:, -self.steps:]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.steps, input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "steps": self.steps}
+
+
+@keras.saving.register_keras_serializable(package="tf_rnn")
+class Denormalize(keras.layers.Layer):
+    """`mean + std * z`: the regression head's linear layer predicts standardised targets `z` (the seed's advice:
+    normalise, MSE, identity output), while the model's output, its loss and every metric are in the targets' own
+    units. `mean` and `std` are constants from the training set, not weights."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+
+    def call(self, z):
+        return z * np.array(self.std, np.float32) + np.array(self.mean, np.float32)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
 @keras.saving.register_keras_serializable(package="tf_rnn")

@@ -1,12 +1,13 @@
-"""Models: the many-to-one row-sequence classifier and its optimizer, built from a TrainConfig."""
+"""Models: the recurrent model for a dataset's task (classifier, per-step classifier, regressor) and its optimizer."""
 
 from __future__ import annotations
 
 import keras
 
+from tf_rnn import datasets
 from tf_rnn.config import TrainConfig
-from tf_rnn.data import IMAGE_SHAPE, NUM_CLASSES
-from tf_rnn.layers import StackedRNN
+from tf_rnn.datasets import PER_STEP, REGRESSION, DataSpec
+from tf_rnn.layers import Denormalize, LastSteps, SequenceView, StackedRNN
 
 
 def make_optimizer(config: TrainConfig, decay_steps: int | None = None) -> keras.optimizers.Optimizer:
@@ -19,14 +20,15 @@ def make_optimizer(config: TrainConfig, decay_steps: int | None = None) -> keras
     lr = config.lr
     if config.lr_schedule == "cosine" and decay_steps:
         lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=decay_steps)
+    clip = {"clipnorm": config.clipnorm} if config.clipnorm else {}
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **clip)
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr)
+        return keras.optimizers.RMSprop(lr, **clip)
     if config.optimizer == "adagrad":
-        return keras.optimizers.Adagrad(lr)
+        return keras.optimizers.Adagrad(lr, **clip)
     if config.optimizer == "nesterov":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **clip)
     raise ValueError(f"optimizer={config.optimizer!r}")  # unreachable: TrainConfig validates choices.
 
 
@@ -38,7 +40,7 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
     the label memory and a second code path, so the one-hot happens here.
 
     Args:
-      label_smoothing: the target is `(1 - s) * one_hot + s / 10`.
+      label_smoothing: the target is `(1 - s) * one_hot + s / classes`.
     """
 
     def __init__(self, label_smoothing: float = 0.0, name="sparse_smoothed_crossentropy", **kwargs):
@@ -46,10 +48,11 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        """`<int>[batch]` labels, `<float32>[batch, classes]` logits → `<float32>[batch]` losses."""
+        """`<int>[batch, ...]` labels, `<float32>[batch, ..., classes]` logits → `<float32>[batch, ...]` losses."""
         if not self.label_smoothing:
             return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
-        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32"), y_pred.shape[-1])
+        labels = keras.ops.reshape(y_true, keras.ops.shape(y_pred)[:-1])
+        one_hot = keras.ops.one_hot(keras.ops.cast(labels, "int32"), y_pred.shape[-1])
         return keras.losses.categorical_crossentropy(
             one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
         )
@@ -58,21 +61,29 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Model:
-    """Builds and compiles the classifier: each image row is one time step.
+def build_model(config: TrainConfig, decay_steps: int | None = None, spec: DataSpec | None = None) -> keras.Model:
+    """Builds and compiles the model for the dataset's task.
 
-    `<float32>[batch, 28, 28]` (28 steps of 28 pixels in [0, 1]) → StackedRNN → `<float32>[batch, units]` (last
-    step) → Dense → `<float32>[batch, 10]` logits.
+    `<float32>[batch, T, F]` (images: `[batch, 28, 28]` in [0, 1], read as `config.sequence`) → StackedRNN →
+    - classification: last step → Dense → `<float32>[batch, classes]` logits;
+    - per-step classification: every step → the last `spec.output_steps` → Dense →
+      `<float32>[batch, steps, classes]` logits;
+    - regression: last step → Dense (standardised) → Denormalize → `<float32>[batch, targets]`.
 
     Args:
       config: architecture and optimizer settings.
       decay_steps: total optimizer steps of the run, for the cosine schedule.
+      spec: what the dataset is (`datasets.load` returns it); by default the spec of `config.dataset` that needs no
+        data (images, adding, copy).
 
     Returns:
-      A compiled model: sparse categorical cross-entropy on logits, accuracy metric. Build it inside
-      `strategy.scope()` when training distributed.
+      A compiled model: cross-entropy on logits with an accuracy metric, or MSE with an MAE metric. Build it
+      inside `strategy.scope()` when training distributed.
     """
-    inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="images")
+    spec = spec or datasets.get(config.dataset).spec(config, None)
+    inputs = keras.Input(shape=spec.input_shape, dtype="float32", name="images" if spec.image else "sequences")
+    # Rows need no layer: row-wise models stay exactly what they were (and what older tf_rnn versions load).
+    x = SequenceView(config.sequence, name="sequence_view")(inputs) if config.sequence != "rows" else inputs
     features = StackedRNN(
         cell=config.cell,
         units=config.units,
@@ -81,13 +92,23 @@ def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Mo
         activation=config.activation,
         l1=config.l1,
         l2=config.l2,
+        return_sequences=spec.task == PER_STEP,
         name="rnn",
-    )(inputs)
-    logits = keras.layers.Dense(NUM_CLASSES, name="logits")(features)
-    model = keras.Model(inputs, logits, name=f"{config.cell}_row_classifier")
-    model.compile(
-        optimizer=make_optimizer(config, decay_steps),
-        loss=SparseSmoothedCrossentropy(config.label_smoothing),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    )(x)
+    if spec.task == REGRESSION:
+        z = keras.layers.Dense(spec.targets, name="standardised")(features)
+        outputs = Denormalize(spec.target_mean, spec.target_std, name="predictions")(z)
+        loss, metric = keras.losses.MeanSquaredError(), keras.metrics.MeanAbsoluteError(name="mae")
+    else:
+        if spec.task == PER_STEP:
+            features = LastSteps(spec.output_steps, name="recalled_steps")(features)
+        outputs = keras.layers.Dense(spec.num_classes, name="logits")(features)
+        loss = SparseSmoothedCrossentropy(config.label_smoothing)
+        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    if spec.image and config.sequence == "rows":
+        name = f"{config.cell}_row_classifier"
+    else:
+        name = f"{config.cell}_{config.sequence + '_' if spec.image else ''}{spec.task}"
+    model = keras.Model(inputs, outputs, name=name)
+    model.compile(optimizer=make_optimizer(config, decay_steps), loss=loss, metrics=[metric])
     return model

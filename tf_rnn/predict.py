@@ -1,4 +1,4 @@
-"""Predict: classify images (IDX, .npy/.npz, PNG) with an exported SavedModel, one line per image."""
+"""Predict: run an exported SavedModel on images (IDX, .npy/.npz, PNG) or sequences (.npy/.npz), one line each."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 from tf_rnn import cli
 from tf_rnn.cli import RunError, UsageError
 from tf_rnn.data import IMAGE_SHAPE, IMAGES_MAGIC
-from tf_rnn.export import METADATA
+from tf_rnn.datasets import PER_STEP, REGRESSION, DataSpec
+from tf_rnn.export import METADATA, image_spec
 
 
 class InputError(RunError):
@@ -79,11 +80,60 @@ def read_images(path: Path) -> np.ndarray:
     raise InputError(f"{path}: unknown file type; use PNG, .npy, .npz or IDX (*-idx3-ubyte[.gz])")
 
 
+def read_sequences(path: Path, spec: DataSpec) -> np.ndarray:
+    """Reads `.npy`, or `.npz` (`x_test` or its only array), of `[T, F]` or `[N, T, F]` → `<float32>[N, T, F]`.
+
+    Raises:
+      InputError: unreadable, another shape than the model's `[T, F]`, not numbers, NaN or infinite values.
+    """
+    name, where = path.name.lower(), str(path)
+    try:
+        if name.endswith(".npy"):
+            array = np.load(path, allow_pickle=False)
+        elif name.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                key = "x_test" if "x_test" in z.files else z.files[0] if len(z.files) == 1 else None
+                if key is None:
+                    raise InputError(f"{path}: .npz with arrays {z.files}; expected one array or x_test")
+                array, where = z[key], f"{path}[{key}]"
+        else:
+            raise InputError(f"{path}: unknown file type; {spec.name} sequences are read from .npy or .npz")
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    shape = list(spec.input_shape)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or list(array.shape[1:]) != shape:
+        raise InputError(f"{where}: shape {list(array.shape)}; expected {shape} or [N, {shape[0]}, {shape[1]}] "
+                         f"({spec.name})")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise InputError(f"{where}: dtype {array.dtype}; expected numbers")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise InputError(f"{where}: contains NaN or infinite values")
+    return array
+
+
+def format_output(out: dict, k: int, spec: DataSpec) -> str:
+    """One example's answer: `3 (Dress)\tp=0.9731`, `1.0312` (regression), `4 1 8 ...` (per-step classes)."""
+    if spec.task == REGRESSION:
+        return "\t".join(f"{v:.4f}" for v in out["predictions"][k])
+    names = spec.class_names
+    if spec.task == PER_STEP:
+        return " ".join(names[c] if names else str(c) for c in out["classes"][k])
+    cls = out["classes"][k]
+    label = f"{cls} ({names[cls]})" if names else str(cls)
+    return f"{label}\tp={out['probabilities'][k][cls]:.4f}"
+
+
 @cli.entry_point()
 def main(argv=None) -> int:
     parser = cli.OneLineParser(prog="python -m tf_rnn.predict", description=__doc__)
     parser.add_argument("model_dir", help="an exported SavedModel (tf_rnn.export, or a run's saved_model/)")
-    parser.add_argument("files", nargs="+", help="PNG (28x28 grayscale), .npy/.npz, IDX image files")
+    parser.add_argument("files", nargs="+", help="images: PNG (28x28 grayscale), .npy/.npz, IDX files; other "
+                        "datasets: .npy/.npz of [N, T, F] sequences")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -92,19 +142,22 @@ def main(argv=None) -> int:
     if not (model_dir / "saved_model.pb").is_file():
         raise UsageError(f"{model_dir}: not a SavedModel folder (no saved_model.pb); export one with "
                          "python -m tf_rnn.export")
-    batches = [(path, read_images(Path(path))) for path in args.files]
+    meta_path = model_dir / METADATA
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    # Exports older than the task registry hold only class names: they are image classifiers.
+    spec = DataSpec.from_dict(meta["spec"]) if "spec" in meta else image_spec(meta.get("dataset"))
+    read = read_images if spec.image else (lambda p: read_sequences(p, spec))
+    batches = [(path, read(Path(path))) for path in args.files]
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    meta_path = model_dir / METADATA
-    names = json.loads(meta_path.read_text()).get("class_names") if meta_path.exists() else None
-    for path, images in batches:
-        for start in range(0, len(images), args.batch_size):
-            out = serve(images=tf.constant(images[start:start + args.batch_size]))
-            for k, (cls, probs) in enumerate(zip(out["classes"].numpy(), out["probabilities"].numpy())):
-                label = f"{cls} ({names[cls]})" if names else str(cls)
-                where = f"{path}[{start + k}]" if len(images) > 1 else str(path)
-                print(f"{where}\t{label}\tp={probs[cls]:.4f}")
+    name = "images" if spec.image else "sequences"
+    for path, inputs in batches:
+        for start in range(0, len(inputs), args.batch_size):
+            out = {k: v.numpy() for k, v in serve(**{name: tf.constant(inputs[start:start + args.batch_size])}).items()}
+            for k in range(len(next(iter(out.values())))):
+                where = f"{path}[{start + k}]" if len(inputs) > 1 else str(path)
+                print(f"{where}\t{format_output(out, k, spec)}")
     return 0
 
 

@@ -17,20 +17,23 @@ def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
     Keras 3's TensorBoard callback writes the conceptual (layer) graph but no longer the op graph on TF 2.21: we
     trace the inference function once and write it ourselves.
     """
+    import keras
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
     forward = tf.function(lambda x: model(x, training=False))
-    graph = forward.get_concrete_function(tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.float32)).graph
+    graph = forward.get_concrete_function(tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)).graph
 
     hparams = {k: ("" if v is None else v) for k, v in config.to_dict().items()}
+    metric = "mae" if isinstance(model.loss, keras.losses.MeanSquaredError) else "accuracy"
+    test = ["test_mse", "test_mae"] if metric == "mae" else ["test_accuracy"]
     with tf.summary.create_file_writer(str(logdir)).as_default():
         hp.hparams_config(
             hparams=[hp.HParam(k) for k in hparams],
             metrics=[
-                hp.Metric("epoch_accuracy", group="validation", display_name="validation accuracy"),
+                hp.Metric(f"epoch_{metric}", group="validation", display_name=f"validation {metric}"),
                 hp.Metric("epoch_loss", group="validation", display_name="validation loss"),
-                hp.Metric("test_accuracy", display_name="test accuracy"),
+                *[hp.Metric(name, display_name=name.replace("_", " ")) for name in test],
             ],
         )
         hp.hparams(hparams)
@@ -72,14 +75,20 @@ def confusion_png(cm: np.ndarray, class_names, title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_test_summaries(logdir: Path, metrics: dict, cm: np.ndarray, class_names, step: int) -> None:
+def write_test_summaries(logdir: Path, metrics: dict, cm: np.ndarray | None, class_names, step: int) -> None:
+    """The test metrics (and, for classifiers, the confusion matrix image) under `test/` and at the root run."""
     import tensorflow as tf
 
+    scalars = {k: metrics[k] for k in ("test_accuracy", "test_loss", "test_mse", "test_mae", "baseline_mse",
+                                       "baseline_loss") if k in metrics}
     with tf.summary.create_file_writer(str(logdir / "test")).as_default():
-        tf.summary.scalar("test_accuracy", metrics["test_accuracy"], step=step)
-        tf.summary.scalar("test_loss", metrics["test_loss"], step=step)
-        image = tf.image.decode_png(confusion_png(cm, class_names, "test-set confusion matrix"), channels=4)
-        tf.summary.image("confusion_matrix", image[None], step=step)
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value, step=step)
+        if cm is not None:
+            image = tf.image.decode_png(confusion_png(cm, class_names, "test-set confusion matrix"), channels=4)
+            tf.summary.image("confusion_matrix", image[None], step=step)
     # Also at the root run, where the HParams dashboard looks for its metrics.
     with tf.summary.create_file_writer(str(logdir)).as_default():
-        tf.summary.scalar("test_accuracy", metrics["test_accuracy"], step=step)
+        for name in ("test_accuracy", "test_mse", "test_mae"):
+            if name in metrics:
+                tf.summary.scalar(name, metrics[name], step=step)

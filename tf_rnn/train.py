@@ -1,4 +1,4 @@
-"""Train: fit the row-sequence classifier, evaluate it once on the test set, and log the run to its workdir."""
+"""Train: fit the model for a dataset's task, evaluate it once on the test set, and log the run to its workdir."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ import numpy as np
 from tf_rnn import cli
 from tf_rnn import config as config_lib
 from tf_rnn import data, fused
+from tf_rnn import datasets as datasets_lib
 from tf_rnn.callbacks import EpochSeeds, NaNGuard, RunState, StepBudget, Throughput, optimizer_steps, write_json
 from tf_rnn.cli import RunError
 from tf_rnn.config import TrainConfig
+from tf_rnn.datasets import PER_STEP, REGRESSION, DataSpec
 from tf_rnn.summaries import confusion_matrix, write_run_header, write_test_summaries
 
 # Files a run writes into its workdir.
 CONFIG_FILE = "config.json"
+DATA_SPEC_FILE = "data_spec.json"  # What the model takes and returns (tf_rnn.export reads it).
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"  # Keras BackupAndRestore state; removed once metrics.json is written.
@@ -51,7 +54,7 @@ def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
         new = config.to_dict()
         # The data folder and the strategy may change between attempts without changing the run itself.
         ignored = {"data_dir", "strategy"}
-        changes = config_lib.changed_fields(old, new, ignore=ignored)
+        changes = config_lib.changed_fields(old, new, ignore=ignored, cls=TrainConfig)
         if changes:
             raise RunError(
                 f"--workdir {workdir} holds an unfinished run with another config ({changes}); "
@@ -82,22 +85,41 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def evaluate_once(model, test_ds) -> tuple[dict, np.ndarray]:
-    """One pass over the test set: loss, accuracy and confusion matrix from the same logits."""
-    logits, labels = [], []
+def evaluate_once(model, test_ds, spec: DataSpec) -> tuple[dict, np.ndarray | None]:
+    """One pass over the test set: every test metric, from the same outputs.
+
+    Returns:
+      (metrics, confusion matrix or None). Classification: `test_accuracy`, `test_loss` (cross-entropy, no label
+      smoothing). Per-step: the same over the recalled steps, plus `baseline_loss` = ln(classes) (a uniform guess).
+      Regression: `test_mse` (= `test_loss`), `test_mae` and `baseline_mse` (predicting the training targets'
+      mean), in the targets' units.
+    """
+    outputs, targets = [], []
     for x, y in test_ds:
-        logits.append(np.asarray(model(x, training=False)))
-        labels.append(np.asarray(y))
-    logits, labels = np.concatenate(logits).astype(np.float64), np.concatenate(labels)
+        outputs.append(np.asarray(model(x, training=False)))
+        targets.append(np.asarray(y))
+    outputs, targets = np.concatenate(outputs).astype(np.float64), np.concatenate(targets)
+    if spec.task == REGRESSION:
+        mse = float(((outputs - targets) ** 2).mean())
+        return {
+            "test_mse": mse,
+            "test_loss": mse,
+            "test_mae": float(np.abs(outputs - targets).mean()),
+            "baseline_mse": float(((np.asarray(spec.target_mean) - targets) ** 2).mean()),
+            "test_examples": int(len(targets)),
+        }, None
+    logits, labels = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     predictions = logits.argmax(axis=1)
     metrics = {
         "test_accuracy": float((predictions == labels).mean()),
         "test_loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
-        "test_examples": int(len(labels)),
+        "test_examples": int(len(targets)),
     }
-    return metrics, confusion_matrix(labels, predictions)
+    if spec.task == PER_STEP:
+        metrics["baseline_loss"] = float(np.log(spec.num_classes))
+    return metrics, confusion_matrix(labels, predictions, spec.num_classes)
 
 
 def train_and_evaluate(
@@ -108,7 +130,8 @@ def train_and_evaluate(
     Args:
       config: the resolved run config.
       workdir: where config.json, model.keras, TensorBoard logs, backups and metrics.json go.
-      datasets: in-memory arrays to use instead of loading `config.dataset` (tests inject tiny data here).
+      datasets: in-memory arrays to use instead of loading `config.dataset` (tests inject tiny data here); they
+        are checked against what `config.dataset` is.
       strategy: a tf.distribute strategy to use instead of `config.strategy`.
       extra_callbacks: Keras callbacks added after ours (tests use one to interrupt a run).
 
@@ -131,12 +154,13 @@ def train_and_evaluate(
     strategy = strategy or get_strategy(config.strategy)
     chief = is_chief(strategy)  # Only the chief writes files; the other workers train in lock-step.
     if datasets is None:
-        datasets = data.load(config.dataset, config.data_dir)
-        print(f"Loaded {config.dataset} from {datasets.source}")
+        arrays, spec = datasets_lib.load(config)
+        print(f"Loaded {config.dataset} from {arrays.source}")
     else:
-        datasets = data.validate_arrays(datasets, "datasets=")
+        arrays, spec = datasets_lib.validate(config, datasets, "datasets=")
     if chief:  # After the data loaded: a run that could not start leaves no workdir behind.
         prepare_workdir(config, workdir)
+        write_json(workdir / DATA_SPEC_FILE, spec.to_dict())
     keras.utils.set_random_seed(config.seed)
     # Bit-identical reruns on a CPU (same seed, same metrics.json); cost measured here: ~2% of throughput.
     tf.config.experimental.enable_op_determinism()
@@ -144,7 +168,7 @@ def train_and_evaluate(
     global_batch = config.batch_size * replicas
     resumed_from = finished_epochs_in_backup(workdir)
     splits = data.make_splits(
-        datasets, global_batch, config.validation_split, config.seed, resumed_from or 0, config.hflip
+        arrays, global_batch, config.validation_split, config.seed, resumed_from or 0, config.hflip
     )
     steps_per_epoch = math.ceil(splits.train_examples / global_batch)
     total_steps = config.epochs * steps_per_epoch
@@ -154,7 +178,7 @@ def train_and_evaluate(
 
     fused.prepare(config)  # A first build of the CPU kernel happens here, announced, not inside the first step.
     with strategy.scope():
-        model = build_model(config, decay_steps=total_steps)
+        model = build_model(config, decay_steps=total_steps, spec=spec)
 
     tb_dir = workdir / TENSORBOARD_DIR
     if resumed_from is not None:
@@ -164,8 +188,9 @@ def train_and_evaluate(
     nan_guard = NaNGuard()
     throughput = Throughput(global_batch, splits.train_examples, steps_per_epoch)
     # Every worker tracks the best epoch (early stopping must stop all of them at once); only the chief saves.
+    monitor, mode = spec.monitor
     state = RunState(workdir / MODEL_FILE, workdir / BACKUP_DIR / TRAIN_STATE_FILE, config.early_stopping_patience,
-                     first_epoch=resumed_from or 0, save=chief)
+                     first_epoch=resumed_from or 0, monitor=monitor, mode=mode, save=chief)
     backup = keras.callbacks.BackupAndRestore(str(workdir / BACKUP_DIR), delete_checkpoint=False)
     if not chief:
         # Workers restore from the chief's backup (same --workdir, shared storage across machines) but never write.
@@ -215,15 +240,15 @@ def train_and_evaluate(
         return {"weights_sha256": digest, "chief": False}
 
     best_model = keras.saving.load_model(workdir / MODEL_FILE)
-    metrics, cm = evaluate_once(best_model, splits.test)
-    spec = data.get_spec(config.dataset)
+    metrics, cm = evaluate_once(best_model, splits.test, spec)
     metrics.update(
         dataset=config.dataset,
+        task=spec.task,
         preset=config.preset,
         epochs=state.epochs,
         steps=optimizer_steps(model),
         best_epoch=state.best_epoch,
-        best_validation_accuracy=state.best_value,
+        **{f"best_validation_{monitor[4:]}": state.best_value},
         validation_examples=splits.validation_examples,
         train_examples=splits.train_examples,
         train_seconds=round(train_seconds, 2),
@@ -237,22 +262,31 @@ def train_and_evaluate(
         strategy=strategy_name(strategy),
         strategy_requested=config.strategy,
         resumed_from_epoch=resumed_from,
-        confusion_matrix=cm.tolist(),
+        confusion_matrix=None if cm is None else cm.tolist(),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
     )
     write_test_summaries(tb_dir, metrics, cm, spec.class_names, step=state.epochs)
     # An export left by an attempt that died before metrics.json is this run's own, unfinished: replace it.
     shutil.rmtree(workdir / EXPORT_DIR, ignore_errors=True)
-    export_saved_model(best_model, workdir / EXPORT_DIR, config.dataset)
+    export_saved_model(best_model, workdir / EXPORT_DIR, spec)
     write_json(workdir / METRICS_FILE, metrics)
     shutil.rmtree(workdir / BACKUP_DIR, ignore_errors=True)
     barrier(strategy)
-    print(
-        f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
-        f"{metrics['test_examples']} images; {state.epochs} epochs in {train_seconds:.0f}s; wrote {workdir}"
-    )
+    print(f"{summary_line(metrics)}; {state.epochs} epochs in {train_seconds:.0f}s; wrote {workdir}")
     return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    """`test accuracy 0.9026 (loss 0.2790) on 10000 examples`, or the regression/per-step equivalent."""
+    n = metrics["test_examples"]
+    if "test_mse" in metrics:
+        return (f"test MSE {metrics['test_mse']:.4f} (MAE {metrics['test_mae']:.4f}; predicting the mean: "
+                f"{metrics['baseline_mse']:.4f}) on {n} examples")
+    text = f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on {n} examples"
+    if "baseline_loss" in metrics:
+        text += f"; guessing: loss {metrics['baseline_loss']:.4f}"
+    return text
 
 
 # --- command line -------------------------------------------------------------------------------------------------
@@ -262,7 +296,8 @@ def parse_flags(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     """Flags → (resolved config, workdir). Raises ConfigError for bad values; argparse exits 2 for bad flags."""
     parser = cli.OneLineParser(
         prog="python -m tf_rnn.train",
-        description="Train an RNN that reads 28x28 images row by row; evaluate once on the test set.",
+        description="Train an RNN on a sequence dataset (images read row by row by default); evaluate once on the "
+        "test set.",
     )
     parser.add_argument("--workdir", default=None, help="run directory (default: runs/<timestamp>)")
     parser.add_argument("--config", default=None, help="a saved config.json; flags given here override it")

@@ -1,4 +1,4 @@
-"""Tune: keras-tuner search over the seed's advice (cells, depth, dropout, optimizers, learning rate, l2, softsign)."""
+"""Tune: keras-tuner search over the seed's advice (cells, depth, dropout, optimizers, lr, l2), alone or as chief/worker."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Optional
 
 from tf_rnn import cli
 from tf_rnn import config as config_lib
-from tf_rnn import data
+from tf_rnn import data, datasets
 from tf_rnn.cli import RunError
 from tf_rnn.config import ConfigError, JobConfig, TrainConfig, flag_field
+from tf_rnn.datasets import DataSpec
 
 TUNERS = ("hyperband", "bayesian", "random")
 TUNE_CONFIG_FILE = "tune_config.json"
@@ -30,25 +32,38 @@ class TuneConfig(JobConfig):
     max_trials: int = flag_field(10, "number of trials (for hyperband: a cap on its brackets' trials)")
     epochs: int = flag_field(6, "epochs per trial (hyperband: the most any trial gets)")
     final_epochs: int = flag_field(20, "epochs to retrain the best configuration before its one test evaluation")
-    dataset: str = flag_field("mnist", "dataset to search on", config_lib.DATASET_CHOICES)
+    dataset: str = flag_field("mnist", config_lib.DATASET_HELP)
     data_dir: Optional[str] = flag_field(None, "folder with the dataset's files (else: see README)")
+    sequence: str = flag_field("rows", "image datasets: rows, pixels or permuted (see tf_rnn.train)",
+                               datasets.SEQUENCE_VIEWS)
+    seq_len: Optional[int] = flag_field(None, f"adding/copy: sequence length T (default {datasets.DEFAULT_SEQ_LEN})")
     validation_split: float = flag_field(0.1, "fraction of the training set used as the search objective")
     early_stopping_patience: int = flag_field(2, "stop a trial after this many epochs without validation gain")
     seed: int = flag_field(0, "random seed of the search and the trials")
-    strategy: str = flag_field("auto", "tf.distribute strategy", config_lib.STRATEGY_CHOICES)
+    strategy: str = flag_field("auto", "tf.distribute strategy inside each trial (multi_worker: not with keras-tuner)",
+                               config_lib.STRATEGY_CHOICES)
+    chief_timeout: float = flag_field(120.0, "distributed search: seconds a worker waits for the chief before failing")
 
     def __post_init__(self):
         self.check_choices()
+        if self.strategy == "multi_worker":
+            raise ConfigError("strategy", self.strategy, "keras-tuner cannot run a trial across workers; use "
+                              "mirrored (this machine's devices) inside each worker, and spread trials over "
+                              "machines with KERASTUNER_* (README: distributed search)")
+        if not self.chief_timeout > 0:
+            raise ConfigError("chief_timeout", self.chief_timeout, "must be > 0 seconds")
         for name in ("max_trials", "epochs", "final_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "must be >= 1")
         if not 0 < self.validation_split < 1:
             raise ConfigError("validation_split", self.validation_split, "must be in (0, 1): the search needs it")
+        config_lib.check_dataset(self)
 
     def base_config(self) -> TrainConfig:
-        """The TrainConfig every trial starts from (the `default` preset on this dataset)."""
+        """The TrainConfig every trial starts from (the `default` preset and the dataset's own defaults)."""
         return config_lib.resolve(overrides=dict(
-            dataset=self.dataset, data_dir=self.data_dir, validation_split=self.validation_split, seed=self.seed,
+            dataset=self.dataset, data_dir=self.data_dir, sequence=self.sequence, seq_len=self.seq_len,
+            validation_split=self.validation_split, seed=self.seed,
             strategy=self.strategy, epochs=self.epochs, early_stopping_patience=self.early_stopping_patience,
         ))
 
@@ -65,6 +80,65 @@ SEARCH_SPACE = {
     "activation": ("choice", ["tanh", "softsign"]),
 }
 BATCH_SIZES = [64, 128, 256]  # Tuned in HyperModel.fit: a training setting, not part of the model.
+
+
+# --- distributed search: keras-tuner's chief (serves the oracle) and workers (run trials) -------------------------
+
+ORACLE_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """What this process is in a search: `single` (no KERASTUNER_* set), `chief` or `worker`."""
+
+    kind: str
+    tuner_id: str = "tuner0"
+    address: str = ""
+
+
+def role_from_env(env=os.environ) -> Role:
+    """keras-tuner's rule: KERASTUNER_ORACLE_IP set → distributed; a tuner id containing `chief` → the chief.
+
+    Raises:
+      UsageError: KERASTUNER_ORACLE_IP is set without the other two variables (one line naming them).
+    """
+    if "KERASTUNER_ORACLE_IP" not in env:
+        return Role("single")
+    missing = [name for name in ORACLE_ENV if not env.get(name)]
+    if missing:
+        raise cli.UsageError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} not; a distributed search "
+                             "needs all three (README: distributed search)")
+    port = env["KERASTUNER_ORACLE_PORT"]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise cli.UsageError(f"KERASTUNER_ORACLE_PORT={port!r}: not a port number; use one in 1-65535")
+    tuner_id = env["KERASTUNER_TUNER_ID"]
+    address = f"{env['KERASTUNER_ORACLE_IP']}:{port}"
+    return Role("chief" if "chief" in tuner_id else "worker", tuner_id, address)
+
+
+def wait_for_chief(role: Role, timeout: float) -> None:
+    """Returns once the chief's oracle answers at `role.address`, and bounds every later call to it.
+
+    keras-tuner's client waits for the server (`wait_for_ready`) up to an hour per call: a wrong address or a dead
+    chief would look like a hang. Here the first contact has `timeout` seconds, and so has each later call.
+
+    Raises:
+      RunError: nothing answered at the address within `timeout` seconds.
+    """
+    import grpc
+    from keras_tuner.src.distribute import oracle_client
+
+    channel = grpc.insecure_channel(role.address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise RunError(
+            f"worker {role.tuner_id}: no tuning chief answered at {role.address} within {timeout:g}s; start the "
+            "chief first (KERASTUNER_TUNER_ID=chief, same command), or fix KERASTUNER_ORACLE_IP/PORT"
+        ) from None
+    finally:
+        channel.close()
+    oracle_client.TIMEOUT = timeout
 
 
 def sample(hp, name: str, spec):
@@ -87,9 +161,10 @@ def _hypermodel_class():
         """`build(hp)` samples the model's hyper-parameters and calls the same `build_model` training uses;
         `fit` samples the batch size, makes the pipelines for it and passes `**kwargs` to `model.fit`."""
 
-        def __init__(self, base: TrainConfig, arrays: data.Arrays):
+        def __init__(self, base: TrainConfig, arrays: data.Arrays, spec: DataSpec | None = None):
             super().__init__(name="row_rnn", tunable=True)
             self.base, self.arrays = base, arrays
+            self.spec = spec or datasets.get(base.dataset).spec(base, arrays)
 
         def config(self, hp) -> TrainConfig:
             values = {name: sample(hp, name, spec) for name, spec in SEARCH_SPACE.items()}
@@ -101,7 +176,7 @@ def _hypermodel_class():
         def build(self, hp):
             config = self.config(hp)
             steps_per_epoch = self.steps_per_epoch(config.batch_size)
-            return build_model(config, decay_steps=config.epochs * steps_per_epoch)
+            return build_model(config, decay_steps=config.epochs * steps_per_epoch, spec=self.spec)
 
         def steps_per_epoch(self, batch_size: int) -> int:
             train = len(self.arrays.x_train) - round(len(self.arrays.x_train) * self.base.validation_split)
@@ -121,35 +196,57 @@ def _hypermodel_class():
     return RowRNNHyperModel
 
 
-def make_tuner(tune: TuneConfig, workdir: Path, arrays: data.Arrays, strategy=None, overwrite: bool = False):
+def make_tuner(tune: TuneConfig, workdir: Path, arrays: data.Arrays, strategy=None, overwrite: bool = False,
+               spec: DataSpec | None = None):
     import keras_tuner as kt
 
-    hypermodel = _hypermodel_class()(tune.base_config(), arrays)
+    class Reporting:
+        """Prints each trial this process finishes (on a worker the oracle's display is the chief's) and keeps
+        their ids."""
+
+        finished: list
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            self.finished = [*getattr(self, "finished", []), trial.trial_id]
+            print(f"tuner {self.tuner_id}: trial {trial.trial_id} finished", flush=True)
+
+    hypermodel = _hypermodel_class()(tune.base_config(), arrays, spec)
+    spec = hypermodel.spec
     common = dict(
-        objective=kt.Objective("val_accuracy", "max"),  # Validation only: the test set never enters the search.
+        # Validation only (val_accuracy, or val_loss for regression): the test set never enters the search.
+        objective=kt.Objective(*spec.monitor),
         directory=str(workdir), project_name=PROJECT, overwrite=overwrite, seed=tune.seed,
         distribution_strategy=strategy,
     )
     if tune.tuner == "hyperband":
-        tuner = kt.Hyperband(hypermodel, max_epochs=tune.epochs, factor=3, **common)
-        tuner.oracle.max_trials = tune.max_trials  # Hyperband has no max_trials of its own; the base Oracle checks it.
+        tuner = type("Hyperband", (Reporting, kt.Hyperband), {})(hypermodel, max_epochs=tune.epochs, factor=3,
+                                                                  **common)
+        # Hyperband has no max_trials of its own; the base Oracle checks it. (A worker's oracle is a proxy: the
+        # chief's own oracle carries the cap.)
+        if isinstance(tuner.oracle, kt.Oracle):
+            tuner.oracle.max_trials = tune.max_trials
     elif tune.tuner == "bayesian":
-        tuner = kt.BayesianOptimization(hypermodel, max_trials=tune.max_trials, **common)
+        tuner = type("BayesianOptimization", (Reporting, kt.BayesianOptimization), {})(
+            hypermodel, max_trials=tune.max_trials, **common)
     else:
-        tuner = kt.RandomSearch(hypermodel, max_trials=tune.max_trials, **common)
+        tuner = type("RandomSearch", (Reporting, kt.RandomSearch), {})(hypermodel, max_trials=tune.max_trials,
+                                                                       **common)
     return tuner
 
 
 def trial_rows(tuner) -> list[dict]:
-    """Finished trials, best first, with their hyper-parameters and validation accuracy."""
+    """Finished trials, best first, with their hyper-parameters and objective (val_accuracy or val_loss)."""
+    objective = tuner.oracle.objective
     rows = []
     for trial in tuner.oracle.trials.values():
         if trial.status != "COMPLETED" or trial.score is None:
             continue
-        rows.append({"trial": trial.trial_id, "val_accuracy": round(float(trial.score), 4),
+        rows.append({"trial": trial.trial_id, objective.name: round(float(trial.score), 6),
                      "best_epoch": None if trial.best_step is None else trial.best_step + 1,  # 1-based, as Keras prints
                      **trial.hyperparameters.values})
-    rows.sort(key=lambda r: -r["val_accuracy"])
+    sign = -1 if objective.direction == "max" else 1
+    rows.sort(key=lambda r: sign * r[objective.name])
     return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
 
 
@@ -174,7 +271,7 @@ def check_workdir(tune: TuneConfig, workdir: Path, overwrite: bool) -> None:
     saved = workdir / TUNE_CONFIG_FILE
     if saved.exists() and not overwrite:
         old, new = json.loads(saved.read_text()), tune.to_dict()
-        changes = config_lib.changed_fields(old, new, ignore={"data_dir"})
+        changes = config_lib.changed_fields(old, new, ignore={"data_dir", "chief_timeout"}, cls=TuneConfig)
         if changes:
             raise ConfigError(
                 "workdir", str(workdir),
@@ -186,8 +283,13 @@ def check_workdir(tune: TuneConfig, workdir: Path, overwrite: bool) -> None:
 
 
 def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None, overwrite=False,
-                      extra_callbacks=()) -> dict:
+                      extra_callbacks=(), role: Role | None = None) -> dict:
     """Runs (or resumes) the search, writes trials.csv and best_config.json, retrains the best once, tests it.
+
+    With keras-tuner's KERASTUNER_* variables set, the same call is the search's chief — it serves the oracle,
+    waits for the workers to run every trial, then does all of the above — or one of its workers, which only runs
+    trials (its checkpoints and TensorBoard logs) and returns `{"worker": id, "trials": [...]}`. The workdir must
+    be storage shared by all of them.
 
     Args:
       tune: the search settings.
@@ -196,35 +298,64 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
       strategy: a tf.distribute strategy instead of `tune.strategy`.
       overwrite: discard an existing search in `workdir` (never done without it).
       extra_callbacks: Keras callbacks added to every trial (tests interrupt a search with one).
+      role: single, chief or worker (default: from the environment, `role_from_env`).
 
     Returns:
       The best run's metrics (test accuracy etc.), with `best_config` and the number of finished trials.
     """
     import keras
 
+    from tf_rnn import datasets as datasets_lib
     from tf_rnn.callbacks import write_json
     from tf_rnn.distribute import get_strategy
     from tf_rnn.train import train_and_evaluate
 
     workdir = Path(workdir)
+    role = role or role_from_env()
+    if role.kind == "worker":
+        if overwrite:
+            raise cli.UsageError(f"--overwrite on worker {role.tuner_id}: only the chief may discard a search; "
+                                 "drop it here")
+        wait_for_chief(role, tune.chief_timeout)  # The chief wrote tune_config.json before it started serving.
+        if not (workdir / TUNE_CONFIG_FILE).exists():
+            raise RunError(f"worker {role.tuner_id}: --workdir {workdir} has no {TUNE_CONFIG_FILE}; every "
+                           "process of a search needs the chief's workdir (shared storage, same path)")
     check_workdir(tune, workdir, overwrite)
     strategy = strategy or get_strategy(tune.strategy)
-    arrays = datasets if datasets is not None else data.load(tune.dataset, tune.data_dir)
+    if datasets is None:
+        arrays, spec = datasets_lib.load(tune)
+    else:
+        arrays, spec = datasets_lib.validate(tune, datasets, "datasets=")
     # Only now, with the data loaded: a search that could not start leaves no workdir to refuse the next command.
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / TUNE_CONFIG_FILE, tune.to_dict())
+    if role.kind != "worker":  # Workers write only their trials' own files.
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json(workdir / TUNE_CONFIG_FILE, tune.to_dict())
     keras.utils.set_random_seed(tune.seed)
     from tf_rnn import fused
 
     fused.prepare(tune.base_config())  # Trials may pick LSTMs: any first build happens now, not inside a trial.
-    tuner = make_tuner(tune, workdir, arrays, strategy, overwrite)
+    tuner = make_tuner(tune, workdir, arrays, strategy, overwrite, spec=spec)
+    monitor, mode = spec.monitor
     callbacks = [
-        keras.callbacks.EarlyStopping("val_accuracy", patience=tune.early_stopping_patience, mode="max"),
+        keras.callbacks.EarlyStopping(monitor, patience=tune.early_stopping_patience, mode=mode),
         # keras-tuner moves this into tensorboard/<trial> and adds that trial's HParams summary.
         keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
         *extra_callbacks,
     ]
-    tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
+    if role.kind == "chief":
+        print(f"tuning chief: serving the oracle at {role.address}; start the workers (same command, "
+              "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
+    try:
+        tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
+    except Exception as e:  # noqa: BLE001 - only gRPC failures are translated; anything else propagates.
+        if role.kind == "worker" and type(e).__module__.startswith("grpc"):
+            raise RunError(f"worker {role.tuner_id}: lost the tuning chief at {role.address} "
+                           f"({str(e).splitlines()[0][:120]}); rerun this command once the chief is back") from None
+        raise
+    if role.kind == "worker":
+        finished = getattr(tuner, "finished", [])
+        print(f"worker {role.tuner_id}: the search is over; this worker finished trials {', '.join(finished) or 'none'}")
+        return {"worker": role.tuner_id, "trials": finished}
 
     rows = trial_rows(tuner)
     if not rows:
@@ -233,16 +364,17 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
     best_hp = tuner.get_best_hyperparameters(1)[0]
     # data_dir is a property of this machine, not of the recipe: leave it out of the shareable file.
     best = dataclasses.replace(
-        _hypermodel_class()(tune.base_config(), arrays).config(best_hp), epochs=tune.final_epochs, data_dir=None
+        _hypermodel_class()(tune.base_config(), arrays, spec).config(best_hp), epochs=tune.final_epochs,
+        data_dir=None,
     )
     write_json(workdir / "best_config.json", best.to_dict())
-    print(f"{len(rows)} trials; best validation accuracy {rows[0]['val_accuracy']:.4f}; retraining it once")
+    print(f"{len(rows)} trials; best {monitor} {rows[0][monitor]:.4f}; retraining it once")
     run_dir = workdir / "best_run"
     best = dataclasses.replace(best, data_dir=tune.data_dir)
     if (run_dir / "metrics.json").exists():  # A resumed search whose retraining already finished.
         metrics = json.loads((run_dir / "metrics.json").read_text())
     else:
-        metrics = train_and_evaluate(best, run_dir, datasets=datasets, strategy=strategy)
+        metrics = train_and_evaluate(best, run_dir, datasets=arrays, strategy=strategy)
     return {**metrics, "best_config": best.to_dict(), "finished_trials": len(rows)}
 
 
@@ -260,8 +392,12 @@ def parse_flags(argv=None) -> tuple[TuneConfig, Path, bool]:
 def main(argv=None) -> int:
     tune, workdir, overwrite = parse_flags(argv)
     metrics = tune_and_evaluate(tune, workdir, overwrite=overwrite)
-    print(f"best configuration: test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_examples']} images; "
-          f"{workdir / 'trials.csv'}, {workdir / 'best_config.json'}, export in {workdir / 'best_run' / 'saved_model'}")
+    if "worker" in metrics:
+        return 0
+    from tf_rnn.train import summary_line
+
+    print(f"best configuration: {summary_line(metrics)}; {workdir / 'trials.csv'}, {workdir / 'best_config.json'}, "
+          f"export in {workdir / 'best_run' / 'saved_model'}")
     return 0
 
 
