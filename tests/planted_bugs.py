@@ -53,6 +53,19 @@ BUGS = [
  ("LSTM gradient sums split by thread count", "tf_rnn/kernels/rnn_sequence.cc", "ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {\n      float* mem = work + block * per_block;\n      std::fill(mem, mem + per_block, 0.f);\n      float *sw = mem, *su = sw + F * G, *sb = su", "ForRowBlocks(ctx, Bt, RowsPerThread(ctx, Bt), [&](int64_t block, int64_t lo, int64_t hi) {\n      float* mem = work + block * per_block;\n      std::fill(mem, mem + per_block, 0.f);\n      float *sw = mem, *su = sw + F * G, *sb = su", "tests/test_fused.py -k bitwise_equal_with"),
  ("GRU gradient sums split by thread count", "tf_rnn/kernels/rnn_sequence.cc", "ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {\n      float* mem = work + block * per_block;\n      std::fill(mem, mem + per_block, 0.f);\n      float *sw = mem, *su = sw + F * G, *sb_in", "ForRowBlocks(ctx, Bt, RowsPerThread(ctx, Bt), [&](int64_t block, int64_t lo, int64_t hi) {\n      float* mem = work + block * per_block;\n      std::fill(mem, mem + per_block, 0.f);\n      float *sw = mem, *su = sw + F * G, *sb_in", "tests/test_fused.py -k bitwise_equal_with"),
  ("GRU reset gate applied before the recurrent product", "tf_rnn/kernels/rnn_sequence.cc", "dq_r.tail(U) = dz_r.tail(U) * r;", "dq_r.tail(U) = dz_r.tail(U);", "tests/test_fused.py -k 'equals_keras and gru'"),
+ ("adding: both markers may fall in the first half", "tf_rnn/datasets.py", "rng.integers(half, seq_len, n)", "rng.integers(0, half, n)", "tests/test_datasets.py -k adding_marks"),
+ ("copy: delimiter one step early", "tf_rnn/datasets.py", "sequence[:, COPY_RECALL + gap - 1] = COPY_SYMBOLS + 1", "sequence[:, COPY_RECALL + gap - 2] = COPY_SYMBOLS + 1", "tests/test_datasets.py -k copy_sequence"),
+ ("generated test set depends on the model's config", "tf_rnn/datasets.py", "np.random.default_rng([config.seed, seq_len, part])", "np.random.default_rng([config.seed, seq_len, part, config.units])", "tests/test_datasets.py -k depends_only"),
+ ("regression head not mapped back to target units", "tf_rnn/layers.py", "return z * np.array(self.std, np.float32) + np.array(self.mean, np.float32)", "return z", "tests/test_datasets.py -k 'own_units or heads_pick'"),
+ ("per-step head reads the first steps", "tf_rnn/layers.py", "return x[:, -self.steps:]", "return x[:, :self.steps]", "tests/test_datasets.py -k heads_pick"),
+ ("permuted view is the plain pixel order", "tf_rnn/layers.py", "return ops.take(pixels, pixel_permutation(steps, self.seed), axis=1)", "return pixels", "tests/test_datasets.py -k permuted"),
+ ("regression best model chosen by the highest val_loss", "tf_rnn/datasets.py", 'return ("val_loss", "min") if', 'return ("val_loss", "max") if', "tests/test_datasets.py -k adding_run"),
+ ("exported sequences not checked for NaN", "tf_rnn/export.py", "ok = tf.reduce_all(tf.math.is_finite(inputs))", "ok = tf.constant(True)", "tests/test_datasets.py -k adding_run"),
+ ("npz NaN inputs accepted", "tf_rnn/datasets.py", "    if not np.isfinite(x).all():", "    if False:", "tests/test_datasets.py -k bad_npz"),
+ ("custom loop scores regression as accuracy", "tf_rnn/distribute.py", 'metric = "mae" if isinstance(loss_fn, keras.losses.MeanSquaredError) else "accuracy"', 'metric = "accuracy"', "tests/test_datasets.py -k custom_loop"),
+ ("tune: multi_worker strategy accepted", "tf_rnn/tune.py", '        if self.strategy == "multi_worker":', '        if False:', "tests/test_tune_distributed.py"),
+ ("tune: worker waits for the chief without a bound", "tf_rnn/tune.py", "        wait_for_chief(role, tune.chief_timeout)  #", "        pass  #", "tests/test_tune_distributed.py"),
+ ("tune: a worker may overwrite the search", "tf_rnn/tune.py", "        if overwrite:\n            raise cli.UsageError", "        if False:\n            raise cli.UsageError", "tests/test_tune_distributed.py"),
 ]
 
 
