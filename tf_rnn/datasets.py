@@ -148,7 +148,7 @@ def copy_arrays(n: int, gap: int, rng: np.random.Generator) -> tuple[np.ndarray,
     return one_hot, (symbols - 1).astype(np.int64)
 
 
-def _generated_entry(name: str, make: Callable, about: str, defaults: dict) -> Dataset:
+def _generated_entry(make: Callable, spec: Callable, about: str, defaults: dict) -> Dataset:
     def load(config) -> Arrays:
         seq_len = seq_len_of(config)
         # Train and test come from separate streams of (seed, T): the test set depends on nothing else.
@@ -157,17 +157,19 @@ def _generated_entry(name: str, make: Callable, about: str, defaults: dict) -> D
         x_test, y_test = make(GENERATED_TEST, seq_len, test_rng)
         return Arrays(x_train, y_train, x_test, y_test, source=f"generated (seed {config.seed}, T={seq_len})")
 
-    def spec(config, arrays=None) -> DataSpec:
-        seq_len = seq_len_of(config)
-        if name == "adding":
-            mean, std = (1.0,), (math.sqrt(2 / 12),)  # The sum of two U[0, 1]: exact, no data needed.
-            if arrays is not None:
-                mean, std = _target_stats(arrays.y_train)
-            return DataSpec(name, (seq_len, 2), REGRESSION, target_mean=mean, target_std=std)
-        return DataSpec(name, (seq_len + 2 * COPY_RECALL, COPY_SYMBOLS + 2), PER_STEP,
-                        class_names=tuple(str(s) for s in range(1, COPY_SYMBOLS + 1)), output_steps=COPY_RECALL)
-
     return Dataset(load, spec, about, defaults=defaults, seq_len=True)
+
+
+def _adding_spec(config, arrays=None) -> DataSpec:
+    mean, std = (1.0,), (math.sqrt(2 / 12),)  # The sum of two U[0, 1], exactly: for a model built without data.
+    if arrays is not None:
+        mean, std = _target_stats(arrays.y_train)
+    return DataSpec("adding", (seq_len_of(config), 2), REGRESSION, target_mean=mean, target_std=std)
+
+
+def _copy_spec(config, arrays=None) -> DataSpec:
+    return DataSpec("copy", (seq_len_of(config) + 2 * COPY_RECALL, COPY_SYMBOLS + 2), PER_STEP,
+                    class_names=tuple(str(s) for s in range(1, COPY_SYMBOLS + 1)), output_steps=COPY_RECALL)
 
 
 def seq_len_of(config) -> int:
@@ -230,9 +232,9 @@ def _npz_spec(config, arrays: Arrays | None) -> DataSpec:
                             "give one name per class")
         return DataSpec(config.dataset, shape, CLASSIFICATION, class_names=names)
     if np.issubdtype(y.dtype, np.floating):
-        targets = y.reshape(len(y), -1) if y.ndim <= 2 else y
-        if y.ndim > 2:
+        if y.ndim not in (1, 2):
             raise DataError(f"{where}: y_train is {list(y.shape)}; expected [N] or [N, K] float targets")
+        targets = y.reshape(len(y), -1)
         # Non-finite targets are refused by validate() next; no statistics to take from them.
         usable = targets.size and np.isfinite(targets).all()
         k = targets.shape[1]
@@ -252,9 +254,9 @@ REGISTRY: dict[str, Dataset] = {
     "mnist": _image_entry("mnist", augment="none"),
     # Left-right is no class cue for clothes: mirrored images are free extra data.
     "fashion_mnist": _image_entry("fashion_mnist", augment="hflip"),
-    "adding": _generated_entry("adding", adding_arrays, "adding problem: [T, 2] -> the sum of the 2 marked values",
-                               _MEMORY_TASK),
-    "copy": _generated_entry("copy", copy_arrays, "copy memory: recall 10 symbols after a gap of T steps",
+    "adding": _generated_entry(adding_arrays, _adding_spec, "adding problem: [T, 2] -> the sum of the 2 marked "
+                               "values", _MEMORY_TASK),
+    "copy": _generated_entry(copy_arrays, _copy_spec, "copy memory: recall 10 symbols after a gap of T steps",
                              _MEMORY_TASK),
 }
 NPZ = Dataset(_load_npz, _npz_spec, "PATH.npz: your own x_train [N, T, F], y_train, x_test, y_test")
