@@ -63,6 +63,7 @@ BUGS = [
  ("exported sequences not checked for NaN", "tf_rnn/export.py", "ok = tf.reduce_all(tf.math.is_finite(inputs))", "ok = tf.constant(True)", "tests/test_datasets.py -k adding_run"),
  ("npz NaN inputs accepted", "tf_rnn/datasets.py", "    if not np.isfinite(x).all():", "    if False:", "tests/test_datasets.py -k bad_npz"),
  ("custom loop scores regression as accuracy", "tf_rnn/distribute.py", 'metric = "mae" if isinstance(loss_fn, keras.losses.MeanSquaredError) else "accuracy"', 'metric = "accuracy"', "tests/test_datasets.py -k custom_loop"),
+ ("tune ranks a regression's trials by the highest val_loss", "tf_rnn/tune.py", 'sign = -1 if objective.direction == "max" else 1', "sign = -1", "tests/test_datasets.py -k tune_searches"),
  ("tune: multi_worker strategy accepted", "tf_rnn/tune.py", '        if self.strategy == "multi_worker":', '        if False:', "tests/test_tune_distributed.py"),
  ("tune: worker waits for the chief without a bound", "tf_rnn/tune.py", "        wait_for_chief(role, tune.chief_timeout)  #", "        pass  #", "tests/test_tune_distributed.py"),
  ("tune: a worker may overwrite the search", "tf_rnn/tune.py", "        if overwrite:\n            raise cli.UsageError", "        if False:\n            raise cli.UsageError", "tests/test_tune_distributed.py"),

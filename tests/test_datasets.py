@@ -339,3 +339,18 @@ def test_heads_pick_the_last_steps_and_map_back_to_target_units():
     for layer in (layers.LastSteps(2), layers.Denormalize([1.0], [2.0]), layers.SequenceView("permuted", seed=5)):
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
+
+
+def test_tune_searches_a_regression_on_validation_loss(tmp_path):
+    from tf_rnn import tune
+
+    settings = tune.TuneConfig(tuner="random", max_trials=2, epochs=1, final_epochs=1, dataset="adding", seq_len=8,
+                               validation_split=0.25)
+    metrics = tune.tune_and_evaluate(settings, tmp_path / "s", datasets=generated("adding", 8, n_train=96))
+    import csv
+
+    with (tmp_path / "s" / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["val_loss"]) for r in rows]
+    assert len(rows) == 2 and "val_accuracy" not in rows[0] and losses == sorted(losses)  # Best (lowest) first.
+    assert "test_mse" in metrics and metrics["best_config"]["dataset"] == "adding"
