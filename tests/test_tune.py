@@ -33,7 +33,10 @@ def test_build_with_default_hyperparameters_uses_build_model():
     assert set(hp.values) == set(tune.SEARCH_SPACE)  # build only samples the model's settings; fit samples the batch.
 
 
-def test_build_with_fixed_overrides():
+def test_build_with_fixed_overrides(monkeypatch):
+    from tf_rnn import layers
+
+    monkeypatch.setattr(layers, "_warned_softsign", False)  # Once per process: an earlier test may have used it.
     hp = kt.HyperParameters()
     for name, value in dict(cell="gru", layers=3, units=32, dropout=0.3, optimizer="nesterov", lr=0.05,
                             activation="softsign", l2=1e-3).items():
