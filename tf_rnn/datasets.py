@@ -58,6 +58,11 @@ class DataSpec:
         return len(self.target_mean)
 
     @property
+    def input_name(self) -> str:
+        """The model's and the serving signature's input name."""
+        return "images" if self.image else "sequences"
+
+    @property
     def metric(self) -> str:
         """The compiled metric: `accuracy`, or `mae` for regression."""
         return "mae" if self.task == REGRESSION else "accuracy"

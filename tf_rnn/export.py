@@ -95,12 +95,11 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
     def serve_uint8(images):
         return heads(tf.cast(images, tf.float32) / 255.0)
 
-    name = "images" if spec.image else "sequences"
     archive = keras.export.ExportArchive()
     archive.track(model)
     with generic_kernels(model):
         archive.add_endpoint(
-            "serving_default", serve_float, [tf.TensorSpec([None, *spec.input_shape], tf.float32, name=name)]
+            "serving_default", serve_float, [tf.TensorSpec([None, *spec.input_shape], tf.float32, name=spec.input_name)]
         )
         if spec.image:
             archive.add_endpoint(

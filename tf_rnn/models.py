@@ -81,7 +81,7 @@ def build_model(config: TrainConfig, decay_steps: int | None = None, spec: DataS
       inside `strategy.scope()` when training distributed.
     """
     spec = spec or datasets.get(config.dataset).spec(config, None)
-    inputs = keras.Input(shape=spec.input_shape, dtype="float32", name="images" if spec.image else "sequences")
+    inputs = keras.Input(shape=spec.input_shape, dtype="float32", name=spec.input_name)
     # Rows need no layer: row-wise models stay exactly what they were (and what older tf_rnn versions load).
     x = SequenceView(config.sequence, name="sequence_view")(inputs) if config.sequence != "rows" else inputs
     features = StackedRNN(

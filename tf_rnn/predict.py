@@ -41,6 +41,15 @@ def _as_images(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
+def npz_inputs(path: Path) -> tuple[np.ndarray, str]:
+    """The inputs an `.npz` holds — its `x_test`, or its only array — and `path[key]` to name them in errors."""
+    with np.load(path, allow_pickle=False) as z:
+        key = "x_test" if "x_test" in z.files else z.files[0] if len(z.files) == 1 else None
+        if key is None:
+            raise InputError(f"{path}: .npz with arrays {z.files}; expected one array or x_test")
+        return z[key], f"{path}[{key}]"
+
+
 def read_images(path: Path) -> np.ndarray:
     """Reads one file into `<float32>[N, 28, 28]` in [0, 1].
 
@@ -57,11 +66,8 @@ def read_images(path: Path) -> np.ndarray:
         if name.endswith(".npy"):
             return _as_images(np.load(path, allow_pickle=False), str(path))
         if name.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                key = "x_test" if "x_test" in z.files else z.files[0] if len(z.files) == 1 else None
-                if key is None:
-                    raise InputError(f"{path}: .npz with arrays {z.files}; expected one array or x_test")
-                return _as_images(z[key], f"{path}[{key}]")
+            array, where = npz_inputs(path)
+            return _as_images(array, where)
         if "idx3-ubyte" in name or name.endswith(".idx"):
             raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
             header = np.frombuffer(raw[:16], ">u4") if len(raw) >= 16 else None
@@ -91,11 +97,7 @@ def read_sequences(path: Path, spec: DataSpec) -> np.ndarray:
         if name.endswith(".npy"):
             array = np.load(path, allow_pickle=False)
         elif name.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                key = "x_test" if "x_test" in z.files else z.files[0] if len(z.files) == 1 else None
-                if key is None:
-                    raise InputError(f"{path}: .npz with arrays {z.files}; expected one array or x_test")
-                array, where = z[key], f"{path}[{key}]"
+            array, where = npz_inputs(path)
         else:
             raise InputError(f"{path}: unknown file type; {spec.name} sequences are read from .npy or .npz")
     except InputError:
@@ -151,10 +153,9 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    name = "images" if spec.image else "sequences"
     for path, inputs in batches:
         for start in range(0, len(inputs), args.batch_size):
-            out = {k: v.numpy() for k, v in serve(**{name: tf.constant(inputs[start:start + args.batch_size])}).items()}
+            out = {k: v.numpy() for k, v in serve(**{spec.input_name: tf.constant(inputs[start:start + args.batch_size])}).items()}
             for k in range(len(next(iter(out.values())))):
                 where = f"{path}[{start + k}]" if len(inputs) > 1 else str(path)
                 print(f"{where}\t{format_output(out, k, spec)}")
