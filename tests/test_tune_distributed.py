@@ -1,5 +1,5 @@
 """tf_rnn.tune as keras-tuner's chief and workers: roles from the environment, bounded failures, and a real
-search on localhost (a chief and two workers, one of them killed mid-trial and restarted)."""
+search on localhost (a chief and two workers; a worker, then the chief, killed and restarted)."""
 
 import csv
 import os
@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -166,3 +167,195 @@ def test_a_worker_killed_mid_trial_and_restarted_lets_the_search_finish(tmp_path
     ids = trial_ids(tmp_path)
     assert len(ids) == 4 and len(set(ids)) == 4, ids
     assert (tmp_path / "s" / "best_run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_chief_killed_and_restarted_resumes_the_search(tmp_path):
+    argv, port = search_argv(tmp_path), free_port()
+    chief = start(argv, port, "chief", tmp_path)
+    worker = start(argv, port, "worker0", tmp_path)
+    deadline = time.monotonic() + 600
+    while not finished_by(tmp_path, "worker0"):
+        assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "worker0.log").read_text()[-2000:]
+        time.sleep(0.2)
+    chief.send_signal(signal.SIGKILL)  # Trial 0 is over and the worker is in trial 1: the chief dies.
+    chief.wait()
+    os.rename(tmp_path / "chief.log", tmp_path / "chief-killed.log")
+    chief = start(argv, port, "chief", tmp_path)  # The same command: it reloads the oracle and serves again.
+    codes = [wait(worker), wait(chief)]
+    assert codes == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("chief", "worker0")]
+    ids, ran = trial_ids(tmp_path), finished_by(tmp_path, "worker0")
+    assert len(ids) == 4 and len(set(ids)) == 4, ids
+    assert sorted(ran) == sorted(ids), ran  # The worker kept going across the restart, and ran no trial twice.
+    assert (tmp_path / "s" / "best_run" / "saved_model" / "saved_model.pb").exists()
+
+
+# --- the chief's oracle across a restart (fast: keras-tuner's oracle alone, no training) ------------------------
+
+
+def oracle_in(directory, max_trials=3):
+    import keras_tuner as kt
+
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials,
+                                           seed=0)
+    oracle.hyperparameters.Float("lr", 1e-4, 1e-2, sampling="log")
+    oracle._set_project_dir(str(directory), "search")
+    return oracle
+
+
+def restarted(directory):
+    """A chief that died and came back: a new oracle reloaded from disk, repaired as `tune` does."""
+    from tf_rnn import tune_chief
+
+    oracle = oracle_in(directory)
+    oracle.reload()
+    tune_chief.repair_reloaded_oracle(oracle)
+    return oracle
+
+
+def finish(oracle, trial_id, accuracy=0.5, served=False):
+    """Ends a trial as a worker would: through the chief's gRPC servicer when `served` (the requests a worker
+    sends, without the network), else by calling the oracle as a single-process search does."""
+    from keras_tuner.src import protos
+    from keras_tuner.src.engine import trial as trial_module
+
+    from tf_rnn import tune_chief
+
+    if not served:
+        oracle.update_trial(trial_id, {"val_accuracy": accuracy})
+        trial = oracle.get_trial(trial_id)
+        trial.status = trial_module.TrialStatus.COMPLETED
+        return oracle.end_trial(trial)
+    service, servicer = protos.get_service(), tune_chief._servicer_class()(oracle)
+    reply = servicer.UpdateTrial(service.UpdateTrialRequest(trial_id=trial_id, metrics={"val_accuracy": accuracy}),
+                                 None)
+    trial = trial_module.Trial.from_proto(reply.trial)
+    trial.status = trial_module.TrialStatus.COMPLETED
+    servicer.EndTrial(service.EndTrialRequest(trial=trial.to_proto()), None)
+
+
+def exits_in_time(oracle, seconds=10) -> bool:
+    """keras-tuner's exit check, in a thread: False when it is stuck on the oracle's lock."""
+    from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(exit_chief(oracle)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(result)
+
+
+def test_a_trial_running_when_the_chief_died_can_still_end_at_the_restarted_chief(tmp_path):
+    oracle = oracle_in(tmp_path)
+    finish(oracle, oracle.create_trial("worker0").trial_id)
+    running = oracle.create_trial("worker0").trial_id  # The chief dies during this trial...
+    again = restarted(tmp_path)
+    finish(again, running, served=True)  # ...and its worker reports to the new chief (KeyError in keras-tuner's display).
+    assert running not in again._retry_queue  # Finished by its worker: nobody runs it again.
+    assert again.trials[running].score == 0.5 and exits_in_time(again)
+
+
+def test_a_finished_trial_is_not_run_again_after_a_chief_restart(tmp_path):
+    oracle = oracle_in(tmp_path)
+    done = oracle.create_trial("worker0").trial_id
+    finish(oracle, done)  # keras-tuner saves oracle.json before it drops the trial from the running ones.
+    again = restarted(tmp_path)
+    assert again._retry_queue == [] and again.create_trial("worker0").trial_id != done
+
+
+def test_a_trial_killed_with_the_chief_is_run_again(tmp_path):
+    oracle = oracle_in(tmp_path)
+    running = oracle.create_trial("worker0").trial_id
+    again = restarted(tmp_path)  # Nobody reports it: its worker died too.
+    assert again.create_trial("worker1").trial_id == running
+
+
+def test_a_failing_oracle_call_does_not_leave_the_chief_stuck(tmp_path):
+    from keras_tuner.src import protos
+
+    from tf_rnn import tune_chief
+
+    oracle = oracle_in(tmp_path)
+    servicer = tune_chief._servicer_class()(oracle)
+    with pytest.raises(KeyError):
+        servicer.UpdateTrial(protos.get_service().UpdateTrialRequest(trial_id="nope"), None)
+    assert exits_in_time(oracle)  # keras-tuner's own server would wait on the lock forever here.
+
+
+def test_a_chief_that_cannot_bind_says_so_in_one_line(tmp_path):
+    from tf_rnn import tune_chief
+    from tf_rnn.cli import RunError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        errors = []
+
+        def serve():
+            try:
+                tune_chief.serve(oracle_in(tmp_path), address)
+            except RunError as e:
+                errors.append(str(e))
+
+        thread = threading.Thread(target=serve, daemon=True)  # Serving on nothing would wait forever.
+        thread.start()
+        thread.join(20)
+    assert errors and f"cannot serve at {address}" in errors[0] and "\n" not in errors[0], errors
+
+
+def test_a_restarted_chief_serves_the_interrupted_trial_to_its_worker_over_grpc(tmp_path, monkeypatch):
+    """keras-tuner's own client against `tune_chief.serve` on localhost: the worker ends the trial it was running
+    when the chief died, then asks for more until the search is over, and the server returns."""
+    from keras_tuner.src.distribute import oracle_client
+    from keras_tuner.src.engine import trial as trial_module
+
+    from tf_rnn import tune_chief
+
+    oracle = oracle_in(tmp_path)
+    finish(oracle, oracle.create_trial("worker0").trial_id)
+    running = oracle.create_trial("worker0").trial_id
+    again = oracle_in(tmp_path)
+    again.reload()  # As keras-tuner's tuner does; `serve` must repair it.
+    port = free_port()
+    server = threading.Thread(target=tune_chief.serve, args=(again, f"127.0.0.1:{port}", 0.05), daemon=True)
+    server.start()
+    worker_env(monkeypatch, port)
+    client = oracle_client.OracleClient(oracle_in(tmp_path / "worker"))
+    ended = [running]
+    trial = client.get_trial(running)
+    client.update_trial(running, {"val_accuracy": 0.7})
+    trial.status = trial_module.TrialStatus.COMPLETED
+    client.end_trial(trial)
+    while (trial := client.create_trial("worker0")).status != trial_module.TrialStatus.STOPPED:
+        client.update_trial(trial.trial_id, {"val_accuracy": 0.1})
+        trial.status = trial_module.TrialStatus.COMPLETED
+        client.end_trial(trial)
+        ended.append(trial.trial_id)
+    server.join(30)
+    assert not server.is_alive()  # The search is over: the chief stops serving.
+    assert sorted(again.trials) == ["0", "1", "2"] and sorted(ended) == ["1", "2"]  # No trial ran twice.
+    assert again.get_best_trials(1)[0].trial_id == running
+
+
+def test_the_chief_serves_through_the_restart_safe_server(tmp_path, monkeypatch):
+    from tf_rnn import tune_chief
+
+    served = []
+
+    def serve(oracle, address, poll_s=1.0):
+        served.append(address)
+        raise KeyboardInterrupt  # Stop here: the chief's serving is what this test is about.
+
+    def keras_tuners_server(oracle):
+        raise KeyboardInterrupt  # It would serve forever, and hang for good after a failed call.
+
+    from keras_tuner.src.distribute import oracle_chief
+
+    monkeypatch.setattr(tune_chief, "serve", serve)
+    monkeypatch.setattr(oracle_chief, "start_server", keras_tuners_server)
+    port = free_port()
+    worker_env(monkeypatch, port, tuner_id="chief")
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--workdir", str(tmp_path / "s"), "--dataset", tiny_npz(tmp_path), "--max-trials", "2"])
+    assert e.value.code == 130 and served == [f"127.0.0.1:{port}"]

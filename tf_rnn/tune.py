@@ -14,7 +14,7 @@ from typing import Optional
 
 from tf_rnn import cli
 from tf_rnn import config as config_lib
-from tf_rnn import data, datasets
+from tf_rnn import data, datasets, tune_chief
 from tf_rnn.cli import RunError
 from tf_rnn.config import ConfigError, JobConfig, TrainConfig, flag_field
 from tf_rnn.datasets import DataSpec
@@ -235,6 +235,14 @@ def make_tuner(tune: TuneConfig, workdir: Path, arrays: data.Arrays, strategy=No
     return tuner
 
 
+def _rpc_reason(error: Exception) -> str:
+    """`StatusCode.UNAVAILABLE: failed to connect ...` from a gRPC error: its first line says only its class."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):
+        return f"{code()}: {(details() or '').splitlines()[0][:160] if details() else ''}"
+    return str(error).splitlines()[0][:160]
+
+
 def trial_rows(tuner) -> list[dict]:
     """Finished trials, best first, with their hyper-parameters and objective (val_accuracy or val_loss)."""
     objective = tuner.oracle.objective
@@ -346,11 +354,16 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
         print(f"tuning chief: serving the oracle at {role.address}; start the workers (same command, "
               "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
     try:
-        tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
+        if role.kind == "chief":  # What BaseTuner.search does on a chief, with a server that survives restarts.
+            tuner.oracle.verbose = 2
+            tuner.save()
+            tune_chief.serve(tuner.oracle, role.address)
+        else:
+            tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
     except Exception as e:  # noqa: BLE001 - only gRPC failures are translated; anything else propagates.
         if role.kind == "worker" and type(e).__module__.startswith("grpc"):
-            raise RunError(f"worker {role.tuner_id}: lost the tuning chief at {role.address} "
-                           f"({str(e).splitlines()[0][:120]}); rerun this command once the chief is back") from None
+            raise RunError(f"worker {role.tuner_id}: lost the tuning chief at {role.address} ({_rpc_reason(e)}); "
+                           "rerun this command once the chief is back") from None
         raise
     if role.kind == "worker":
         finished = getattr(tuner, "finished", [])
