@@ -208,14 +208,12 @@ def in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
-def _input_gradient(dz_panels, x, kernel):
-    """dx = dz·Wᵀ, back to `[batch, time, features]`, from dz in the kernel's panels `[panels, time·batch, 16]`
-    (columns beyond gates·units undefined). TensorFlow prunes it inside a tf.function when nothing needs dx (the
-    first layer, whose input is data)."""
-    shape, panels = tf.shape(x), tf.shape(dz_panels)[0]
-    dz = tf.reshape(tf.transpose(dz_panels, [1, 0, 2]), [shape[1] * shape[0], panels * 16])[:, : tf.shape(kernel)[1]]
-    dx = tf.matmul(dz, kernel, transpose_b=True)
-    return tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])
+def _input_gradient(dz, x, kernel):
+    """dx = dz·Wᵀ, back to `[batch, time, features]` (dz is time-major). One large product, which TensorFlow prunes
+    inside a tf.function when nothing needs it (the first layer, whose input is data)."""
+    shape = tf.shape(x)
+    dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
+    return tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])  # Explicit: batch may be 0.
 
 
 @tf.custom_gradient

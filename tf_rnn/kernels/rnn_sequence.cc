@@ -7,20 +7,17 @@
 //
 // Rows of the batch never interact in an LSTM, so each thread takes a block of rows through all time steps on
 // its own: no synchronisation inside the loop, and the weights stay hot in each core's cache. The weight
-// gradients are one product after the backward time loop, split across threads by output columns: every
-// gradient element is summed over the same rows in the same order, so the bits do not depend on the machine's
-// core count.
+// gradients are summed per block of kGradRows rows — a fixed size, not one block per thread — and the blocks'
+// sums are added in block order at the end, so the gradients' bits do not depend on the machine's core count.
 //
 // Layout (Keras' LSTM): z = x·W + b + h_prev·U, gates i, f, c, o in blocks of `units` columns;
 // i = σ(z_i), f = σ(z_f), g = tanh(z_c), o = σ(z_o); c = f·c_prev + i·g; h = o·tanh(c); h_{-1} = c_{-1} = 0.
 // x and h are batch-major, [batch, time, ...], as Keras passes them. What only the backward op reads (c, tanh c,
-// the gates) is time-major, [time, batch, ...]: a thread's rows of one step are then one contiguous stretch of
-// memory, which the hardware prefetcher streams, instead of rows time·4·units floats apart. The backward pass
-// writes dz straight into panels of 16 columns, [panel][time·batch][16], the layout its products read.
+// the gates, dz) is time-major, [time, batch, ...]: a thread's rows of one step are then one contiguous stretch
+// of memory, which the hardware prefetcher streams, instead of rows time·4·units floats apart.
 
 #define EIGEN_USE_THREADS
 #include <algorithm>
-#include <vector>
 #include <type_traits>
 
 #include "Eigen/Core"
@@ -137,7 +134,9 @@ static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c,
 }
 
 // c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
-static void Gemm(const Term* t, int nterms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+  const Term* t = terms.begin();
+  const int nterms = static_cast<int>(terms.size());
   const int64_t n = t->b.n;
   for (int64_t s = 0; s * kPanel < n; ++s) {  // Panel-outer: one panel of b serves every block of rows.
     const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
@@ -147,11 +146,12 @@ static void Gemm(const Term* t, int nterms, int64_t m, float* c, int64_t ldc, bo
       Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
   }
 }
-static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
-  Gemm(terms.begin(), static_cast<int>(terms.size()), m, c, ldc, acc_in);
-}
 
-// Rows per block of the time loops: one block per worker thread (no sum crosses rows there).
+// Rows per block of the backward pass's weight-gradient sums: fixed, so that where the sums are split does not
+// depend on the thread count (see the top of this file).
+constexpr int64_t kGradRows = 32;
+
+// Rows per block when nothing is summed across rows (the forward pass): one block per worker thread.
 static int64_t RowsPerThread(OpKernelContext* ctx, int64_t batch) {
   const int64_t threads = std::max(1, ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads());
   return std::max<int64_t>(kRows, (batch + threads - 1) / threads);
@@ -171,6 +171,16 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
                       for (int64_t k = first; k < last; ++k) fn(k, k * per, std::min(batch, (k + 1) * per));
                     });
   return blocks;
+}
+
+// Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
+// matrix. Read in place, the transpose's columns would be time·width floats apart (for h here: 28·128 floats,
+// 7 × 2 KiB), so the rows of one block of the product would compete for the same two L1 cache sets.
+static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width, float* scratch) {
+  const int64_t ld = hi - lo + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
+  for (int64_t b = lo; b < hi; ++b)
+    for (int64_t w = 0; w < width; ++w) scratch[w * ld + b - lo] = seq[(b * T + t) * width + w];
+  return A{scratch, ld, 1};
 }
 
 // ---- The ops. ---------------------------------------------------------------------------------------------
@@ -200,9 +210,9 @@ REGISTER_OP("TfRnnLstmForward")
     });
 
 // d_h: <float32>[batch, time, units], the loss' gradient reaching each step's h from outside the layer; x,
-// recurrent_kernel, and the forward op's outputs → dz: [ceil(4·units / 16), time·batch, 16], the gradient of
-// every step's pre-activations in panels of 16 columns (dx = dz·Wᵀ is left to TensorFlow, which skips it when x
-// needs none); d_kernel, d_recurrent_kernel, d_bias: the weights' gradients.
+// recurrent_kernel, and the forward op's outputs → dz: [time, batch, 4·units], the gradient of every step's
+// pre-activations (dx = dz·Wᵀ is left to TensorFlow, which skips it when x needs none); d_kernel,
+// d_recurrent_kernel, d_bias: the weights' gradients.
 REGISTER_OP("TfRnnLstmBackward")
     .Input("d_h: float")
     .Input("x: float")
@@ -219,7 +229,7 @@ REGISTER_OP("TfRnnLstmBackward")
       shape_inference::ShapeHandle x, u;
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(1), 3, &x));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
-      ctx->set_output(0, ctx->MakeShape({ctx->UnknownDim(), ctx->UnknownDim(), 16}));
+      ctx->set_output(0, ctx->input(6));
       ctx->set_output(1, ctx->Matrix(ctx->Dim(x, 2), ctx->Dim(u, 1)));
       ctx->set_output(2, u);
       ctx->set_output(3, ctx->Vector(ctx->Dim(u, 1)));
@@ -249,6 +259,18 @@ static Status CheckShapes(const char* cell, int gates, const Tensor& x, const Te
       return errors::InvalidArgument("tf_rnn ", cell, " op: need ", time_major ? "[time, batch, " : "[batch, time, ",
                                      width, "·units]; got ", t->shape().DebugString());
   return absl::OkStatus();
+}
+
+// The weight gradients: each output is the sum over blocks of its stretch at the start of every block's working
+// memory (the outputs' stretches lie one after another there), added in block order.
+static void AddBlockSums(const float* work, int64_t blocks, int64_t per_block, std::initializer_list<Tensor*> outs) {
+  int64_t offset = 0;
+  for (Tensor* out : outs) {
+    Arr sum(out->flat<float>().data(), out->NumElements());
+    sum.setZero();
+    for (int64_t k = 0; k < blocks; ++k) sum += CArr(work + k * per_block + offset, sum.size());
+    offset += sum.size();
+  }
 }
 
 class Forward : public OpKernel {
@@ -299,103 +321,6 @@ class Forward : public OpKernel {
   }
 };
 
-// Rows (of batch × steps) per chunk of the weight-gradient sums: a chunk's panel of packed gradients (16 KiB)
-// stays in L1 while every row of the product reads it.
-constexpr int64_t kChunkRows = 256;
-
-// The weight gradients as one product over every row and step, after the time loop: d_kernel = Σ x_tᵀ·dz_t,
-// d_recurrent_kernel = Σ h_{t-1}ᵀ·dq_t, d_bias_w = Σ dz_t and (GRU) d_bias_u = Σ dq_t, where dz and dq are the
-// gradients of x·W (+ bias) and of h_prev·U (+ bias), packed in panels [panel][t·batch + b][kPanel] (for the LSTM
-// both are the same). Threads split the output's column panels; each output element is summed over the same
-// rows in the same order whatever the thread count, so the bits do not depend on it. (Summed inside the time
-// loop instead, per step and block of rows, k = 32, the products spent as long loading and storing their
-// accumulators as multiplying.)
-static void WeightGradients(OpKernelContext* ctx, const float* xp, const float* hp, const float* dz_pack,
-                            const float* dq_pack, int64_t Bt, int64_t T, int64_t F, int64_t U, int64_t G, float* dw,
-                            float* du, float* db_w, float* db_u) {
-  const int64_t panels = (G + kPanel - 1) / kPanel, ps = Bt * T * kPanel;
-  const int64_t rows = std::min(Bt, kChunkRows), steps = std::max<int64_t>(1, kChunkRows / Bt);
-  ForRowBlocks(ctx, panels, 1, [&](int64_t s, int64_t, int64_t) {
-    const int cols = static_cast<int>(std::min<int64_t>(kPanel, G - s * kPanel));
-    auto product = [&](const Term* terms, int nterms, int64_t m, float* c, bool acc_in) {
-      if (cols == kPanel)
-        Panel<true>(terms, nterms, m, s, c + s * kPanel, G, cols, acc_in);
-      else
-        Panel<false>(terms, nterms, m, s, c + s * kPanel, G, cols, acc_in);
-    };
-    Term wt[kChunkRows], ut[kChunkRows];  // One term per step of a chunk: x_t's rows are T·F floats apart.
-    bool first_w = true, first_u = true;
-    for (int64_t t0 = 0; t0 < T; t0 += steps)
-      for (int64_t b0 = 0; b0 < Bt; b0 += rows) {
-        const int64_t m = std::min(rows, Bt - b0);
-        int nw = 0, nu = 0;
-        for (int64_t t = t0; t < std::min(T, t0 + steps); ++t) {
-          const int64_t at = (t * Bt + b0) * kPanel;
-          wt[nw++] = Term{A{xp + (b0 * T + t) * F, 1, T * F}, B{dz_pack + at, kPanel, ps, m, G}};
-          if (t)  // h_{-1} = 0: no term.
-            ut[nu++] = Term{A{hp + (b0 * T + t - 1) * U, 1, T * U}, B{dq_pack + at, kPanel, ps, m, G}};
-        }
-        product(wt, nw, F, dw, !first_w);
-        first_w = false;
-        if (nu) {
-          product(ut, nu, U, du, !first_u);
-          first_u = false;
-        }
-      }
-    if (first_u)  // A single step: h_{-1} = 0 had no effect.
-      for (int64_t q = 0; q < U; ++q) std::fill_n(du + q * G + s * kPanel, cols, 0.f);
-    for (auto [pack, db] : {std::pair{dz_pack, db_w}, std::pair{dq_pack, db_u}}) {
-      if (!db) continue;
-      float sum[kPanel] = {};
-      const float* d = pack + s * ps;
-      for (int64_t q = 0; q < Bt * T; ++q)
-        for (int j = 0; j < cols; ++j) sum[j] += d[q * kPanel + j];
-      std::copy_n(sum, cols, db + s * kPanel);
-    }
-  });
-}
-
-// One row of one step of the LSTM's backward pass, over units [0, U): from the activated gates z = (i, f, g, o),
-// tanh(c), c_prev (null at t = 0) and the gradient reaching h (dh_in: along time, dh_out: from outside), the
-// gradient dc carried along c (updated in place: dc ← dc_t·f), and dz = d(pre-activations), stored to `dz(col)`.
-// One pass over the row: as separate array expressions it read and wrote each vector a dozen times.
-template <typename Store>
-static void LstmBackwardRow(const float* z, const float* tc, const float* c_prev, const float* dh_in,
-                            const float* dh_out, float* dc, int64_t U, Store dz) {
-  using Packet = Eigen::internal::packet_traits<float>::type;
-  constexpr int64_t kWidth = Eigen::internal::unpacket_traits<Packet>::size;
-  using namespace Eigen::internal;
-  const Packet one = pset1<Packet>(1.f);
-  // A packet of dz must not straddle two panels: with U a multiple of the packet width, no column block does.
-  const int64_t vectorized = U % kWidth == 0 && kPanel % kWidth == 0 ? U : 0;
-  int64_t j = 0;
-  for (; j < vectorized; j += kWidth) {
-    const Packet i = ploadu<Packet>(z + j), f = ploadu<Packet>(z + U + j), g = ploadu<Packet>(z + 2 * U + j),
-                 o = ploadu<Packet>(z + 3 * U + j), t = ploadu<Packet>(tc + j);
-    const Packet dh = padd(ploadu<Packet>(dh_in + j), ploadu<Packet>(dh_out + j));
-    const Packet dct = padd(ploadu<Packet>(dc + j), pmul(pmul(dh, o), psub(one, pmul(t, t))));
-    pstoreu(dz(j), pmul(pmul(pmul(dct, g), i), psub(one, i)));
-    pstoreu(dz(U + j), c_prev ? pmul(pmul(pmul(dct, ploadu<Packet>(c_prev + j)), f), psub(one, f)) : pzero(one));
-    pstoreu(dz(2 * U + j), pmul(pmul(dct, i), psub(one, pmul(g, g))));
-    pstoreu(dz(3 * U + j), pmul(pmul(pmul(dh, t), o), psub(one, o)));
-    pstoreu(dc + j, pmul(dct, f));
-  }
-  for (; j < U; ++j) {  // The same arithmetic, one unit at a time.
-    const float i = z[j], f = z[U + j], g = z[2 * U + j], o = z[3 * U + j], t = tc[j], dh = dh_in[j] + dh_out[j];
-    const float dct = dc[j] + dh * o * (1.f - t * t);
-    *dz(j) = dct * g * i * (1.f - i);
-    *dz(U + j) = c_prev ? dct * c_prev[j] * f * (1.f - f) : 0.f;
-    *dz(2 * U + j) = dct * i * (1.f - g * g);
-    *dz(3 * U + j) = dh * t * o * (1.f - o);
-    dc[j] = dct * f;
-  }
-}
-
-// d_h: <float32>[batch, time, units] and the forward op's outputs → dz: the gradient of every step's
-// pre-activations in panels, [panels, time·batch, kPanel] (column j of row t·batch + b at [j / 16][..][j % 16],
-// columns ≥ 4·units undefined; `fused.py` turns it into dx = dz·Wᵀ when something needs dx), and the weights'
-// gradients. The time loop carries dh and dc back along time per block of rows; the weight gradients are one
-// product after it (WeightGradients).
 class Backward : public OpKernel {
  public:
   explicit Backward(OpKernelConstruction* c) : OpKernel(c) {}
@@ -405,50 +330,70 @@ class Backward : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
                                     {{&dh, 1, false}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
-    const int64_t panels = (G + kPanel - 1) / kPanel, ps = Bt * T * kPanel;
     Tensor *dz, *dw, *du, *db;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({panels, T * Bt, kPanel}), &dz));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({F, G}), &dw));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, u.shape(), &du));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({G}), &db));
-    if (Bt * T == 0) {  // No rows or no steps: the weights had no effect.
-      for (Tensor* out : {dw, du, db}) out->flat<float>().setZero();
-      return;
-    }
-    Tensor ut_buf, work_buf;
-    float *ut_packed, *work;
+    Tensor ut_buf;
+    float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
     const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev = dz · Uᵀ.
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
-    float* pack = dz->flat<float>().data();
-    // Each block of rows carries back along time the gradients into its h (through U) and into its c.
-    const int64_t per = RowsPerThread(ctx, Bt), per_block = 2 * per * U;
-    OP_REQUIRES_OK(ctx, Scratch(ctx, (Bt + per - 1) / per * per_block, &work_buf, &work));
-    ForRowBlocks(ctx, Bt, per, [&](int64_t block, int64_t lo, int64_t hi) {
-      float *dh_next = work + block * per_block, *dc = dh_next + per * U;
-      std::fill(dh_next, dh_next + per_block, 0.f);
-      // dh_prev = dz_t·Uᵀ with dz_t read in its panels: one term per panel of 16 columns (k = 16 each).
-      std::vector<Term> terms(panels);
-      for (int64_t p = 0; p < panels; ++p)
-        terms[p].b = B{ut.p + p * kPanel * kPanel, kPanel, ut.ps, std::min<int64_t>(kPanel, G - p * kPanel), U};
+    float* dzp = dz->flat<float>().data();
+    // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] (added up at
+    // the end, in block order), the gradients flowing back along time into its rows (into h through U, and into
+    // c), dz_t packed in panels, a transpose buffer and one row of dc. Sizes for a full block of kGradRows rows.
+    const int64_t sums_size = (F + U + 1) * G, max_stride = (kGradRows + 1) * kPanel,
+                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+                  per_block = sums_size + 2 * kGradRows * U + pack_size + scratch_size + U;
+    const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
+    Tensor work_buf;
+    float* work;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, nblocks * per_block, &work_buf, &work));
+    const int64_t blocks = nblocks == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
+      float* mem = work + block * per_block;
+      std::fill(mem, mem + per_block, 0.f);
+      float *sw = mem, *su = sw + F * G, *sb = su + U * G;
+      const int64_t m = hi - lo;
+      float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
+            *scratch = dz_pack + pack_size;
+      Arr dct(scratch + scratch_size, U);
+      // dz_t's panels are one row more than m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) they would
+      // share L1 cache sets and evict each other.
+      const int64_t pack_stride = (m + 1) * kPanel;
       for (int64_t t = T - 1; t >= 0; --t) {
-        float* rows = pack + t * Bt * kPanel;  // Row b of step t starts at rows + b·kPanel in every panel.
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
-          float* out = rows + b * kPanel;
-          LstmBackwardRow(gp + row * G, tcp + row * U, t ? cp + (row - Bt) * U : nullptr, dh_next + (b - lo) * U,
-                          dhp + (b * T + t) * U, dc + (b - lo) * U, U,
-                          [&](int64_t j) { return out + j / kPanel * ps + j % kPanel; });
+          CArr z(gp + row * G, G), tc(tcp + row * U, U);
+          Arr dz_r(dzp + row * G, G), dc_r(dc + (b - lo) * U, U), dhn(dh_next + (b - lo) * U, U);
+          auto i = z.head(U), f = z.segment(U, U), gg = z.segment(2 * U, U), o = z.tail(U);
+          dhn += CArr(dhp + (b * T + t) * U, U);  // Now the whole gradient reaching h_t: along time and from outside.
+          dct = dc_r + dhn * o * (1.f - tc * tc);  // No tanh here: the forward pass kept tanh(c).
+          dz_r.head(U) = dct * gg * i * (1.f - i);
+          if (t)
+            dz_r.segment(U, U) = dct * CArr(cp + (row - Bt) * U, U) * f * (1.f - f);
+          else
+            dz_r.segment(U, U).setZero();
+          dz_r.segment(2 * U, U) = dct * i * (1.f - gg * gg);
+          dz_r.tail(U) = dhn * tc * o * (1.f - o);
+          dc_r = dct * f;
+          const float* d = dz_r.data();
+          for (int64_t j = 0; j < G; ++j) sb[j] += d[j];
+          // dz_t is the b of two products below: packed while its row is in cache.
+          for (int64_t j = 0; j < G; j += kPanel)
+            std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
         }
+        const B dz_t{dz_pack, kPanel, pack_stride, m, G};
+        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          for (int64_t p = 0; p < panels; ++p) terms[p].a = A{rows + p * ps + lo * kPanel, kPanel, 1};
-          Gemm(terms.data(), static_cast<int>(panels), hi - lo, dh_next, U, /*acc_in=*/false);
+          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
+          Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
         }
       }
     });
-    WeightGradients(ctx, xp, hp, pack, pack, Bt, T, F, U, G, dw->flat<float>().data(), du->flat<float>().data(),
-                    db->flat<float>().data(), nullptr);
+    AddBlockSums(work, blocks, per_block, {dw, du, db});
   }
 };
 
@@ -478,9 +423,8 @@ REGISTER_OP("TfRnnGruForward")
       return absl::OkStatus();
     });
 
-// d_h: [batch, time, units] from outside the layer → dz: [ceil(3·units / 16), time·batch, 16], the gradient of
-// each step's x·W + b_in in panels (dx = dz·Wᵀ is left to TensorFlow); d_kernel, d_recurrent_kernel, d_bias
-// [2, 3·units].
+// d_h: [batch, time, units] from outside the layer → dz: [time, batch, 3·units], the gradient of each step's
+// x·W + b_in (dx = dz·Wᵀ is left to TensorFlow); d_kernel, d_recurrent_kernel, d_bias [2, 3·units].
 REGISTER_OP("TfRnnGruBackward")
     .Input("d_h: float")
     .Input("x: float")
@@ -496,7 +440,7 @@ REGISTER_OP("TfRnnGruBackward")
       shape_inference::ShapeHandle x, u;
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(1), 3, &x));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
-      ctx->set_output(0, ctx->MakeShape({ctx->UnknownDim(), ctx->UnknownDim(), 16}));
+      ctx->set_output(0, ctx->input(4));
       ctx->set_output(1, ctx->Matrix(ctx->Dim(x, 2), ctx->Dim(u, 1)));
       ctx->set_output(2, u);
       ctx->set_output(3, ctx->Matrix(2, ctx->Dim(u, 1)));
@@ -552,48 +496,6 @@ class GruForward : public OpKernel {
   }
 };
 
-// One row of one step of the GRU's backward pass (see LstmBackwardRow): from the activated gates (z, r, n), q_h,
-// h_prev (null at t = 0) and the gradient reaching h (dh_in, along time, updated in place to the direct path
-// dh·z; dh_out, from outside) → dz = d(x·W + b_in), stored to `dz(col)`, and dq = d(h_prev·U + b_rec) to `dq(col)`.
-template <typename StoreZ, typename StoreQ>
-static void GruBackwardRow(const float* g, const float* q_h, const float* h_prev, float* dh_in, const float* dh_out,
-                           int64_t U, StoreZ dz, StoreQ dq) {
-  using Packet = Eigen::internal::packet_traits<float>::type;
-  constexpr int64_t kWidth = Eigen::internal::unpacket_traits<Packet>::size;
-  using namespace Eigen::internal;
-  const Packet one = pset1<Packet>(1.f), zero = pzero(one);
-  const int64_t vectorized = U % kWidth == 0 && kPanel % kWidth == 0 ? U : 0;
-  int64_t j = 0;
-  for (; j < vectorized; j += kWidth) {
-    const Packet z = ploadu<Packet>(g + j), r = ploadu<Packet>(g + U + j), n = ploadu<Packet>(g + 2 * U + j);
-    const Packet dh = padd(ploadu<Packet>(dh_in + j), ploadu<Packet>(dh_out + j));
-    const Packet d_ah = pmul(pmul(dh, psub(one, z)), psub(one, pmul(n, n)));
-    const Packet hp = h_prev ? ploadu<Packet>(h_prev + j) : zero;
-    const Packet d_az = pmul(pmul(pmul(dh, psub(hp, n)), z), psub(one, z));
-    const Packet d_ar = pmul(pmul(pmul(d_ah, ploadu<Packet>(q_h + j)), r), psub(one, r));
-    pstoreu(dz(j), d_az);
-    pstoreu(dz(U + j), d_ar);
-    pstoreu(dz(2 * U + j), d_ah);
-    pstoreu(dq(j), d_az);  // q_z, q_r enter like a_z, a_r;
-    pstoreu(dq(U + j), d_ar);
-    pstoreu(dq(2 * U + j), pmul(d_ah, r));  // q_h is scaled by r.
-    pstoreu(dh_in + j, pmul(dh, z));  // The direct path h_prev → h; dq·Uᵀ is added by the caller.
-  }
-  for (; j < U; ++j) {
-    const float z = g[j], r = g[U + j], n = g[2 * U + j], dh = dh_in[j] + dh_out[j];
-    const float d_ah = dh * (1.f - z) * (1.f - n * n);
-    const float d_az = dh * ((h_prev ? h_prev[j] : 0.f) - n) * z * (1.f - z);
-    const float d_ar = d_ah * q_h[j] * r * (1.f - r);
-    *dz(j) = *dq(j) = d_az;
-    *dz(U + j) = *dq(U + j) = d_ar;
-    *dz(2 * U + j) = d_ah;
-    *dq(2 * U + j) = d_ah * r;
-    dh_in[j] = dh * z;
-  }
-}
-
-// The LSTM's backward design (see Backward) with the GRU's gradients: dz [panels, time·batch, 16] feeds dW, d b_in
-// and dx; dq, the same shape, feeds dU, d b_rec and dh_prev.
 class GruBackward : public OpKernel {
  public:
   explicit GruBackward(OpKernelConstruction* c) : OpKernel(c) {}
@@ -602,51 +504,72 @@ class GruBackward : public OpKernel {
                  &g = ctx->input(4), &qh = ctx->input(5);
     OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
-    const int64_t panels = (G + kPanel - 1) / kPanel, ps = Bt * T * kPanel;
     Tensor *dz, *dw, *du, *db;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({panels, T * Bt, kPanel}), &dz));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({F, G}), &dw));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, u.shape(), &du));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({2, G}), &db));
-    if (Bt * T == 0) {
-      for (Tensor* out : {dw, du, db}) out->flat<float>().setZero();
-      return;
-    }
-    Tensor ut_buf, dq_buf, work_buf;
-    float *ut_packed, *dq_pack, *work;
+    Tensor ut_buf;
+    float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
     const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev += dq · Uᵀ.
-    OP_REQUIRES_OK(ctx, Scratch(ctx, panels * ps, &dq_buf, &dq_pack));
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *gp = g.flat<float>().data(), *qhp = qh.flat<float>().data();
-    float* dz_pack = dz->flat<float>().data();
-    const int64_t per = RowsPerThread(ctx, Bt);
-    OP_REQUIRES_OK(ctx, Scratch(ctx, (Bt + per - 1) / per * per * U, &work_buf, &work));
-    ForRowBlocks(ctx, Bt, per, [&](int64_t block, int64_t lo, int64_t hi) {
-      float* dh_next = work + block * per * U;  // The gradient flowing back along time into this block's h.
-      std::fill(dh_next, dh_next + per * U, 0.f);
-      std::vector<Term> terms(panels);  // dq_t·Uᵀ with dq_t read in its panels (see the LSTM's Backward).
-      for (int64_t p = 0; p < panels; ++p)
-        terms[p].b = B{ut.p + p * kPanel * kPanel, kPanel, ut.ps, std::min<int64_t>(kPanel, G - p * kPanel), U};
+    float* dzp = dz->flat<float>().data();
+    // Per block of kGradRows rows (see the LSTM's backward op): the sums [F + U + 2, 3·units] — dW, dU, d b_in,
+    // d b_rec — the gradient flowing back into h along time, dq (the gradient of q) row-major and both dz and dq
+    // packed in panels, a transpose buffer.
+    const int64_t sums_size = (F + U + 2) * G, max_stride = (kGradRows + 1) * kPanel,
+                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+                  per_block = sums_size + kGradRows * U + kGradRows * G + 2 * pack_size + scratch_size;
+    const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
+    Tensor work_buf;
+    float* work;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, nblocks * per_block, &work_buf, &work));
+    const int64_t blocks = nblocks == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
+      float* mem = work + block * per_block;
+      std::fill(mem, mem + per_block, 0.f);
+      float *sw = mem, *su = sw + F * G, *sb_in = su + U * G, *sb_rec = sb_in + G;
+      float *dh_next = mem + sums_size, *dq = dh_next + kGradRows * U, *dz_pack = dq + kGradRows * G,
+            *dq_pack = dz_pack + pack_size, *scratch = dq_pack + pack_size;
+      const int64_t m = hi - lo, pack_stride = (m + 1) * kPanel;
       for (int64_t t = T - 1; t >= 0; --t) {
-        float *z_rows = dz_pack + t * Bt * kPanel, *q_rows = dq_pack + t * Bt * kPanel;
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
-          float *zo = z_rows + b * kPanel, *qo = q_rows + b * kPanel;
-          GruBackwardRow(gp + row * G, qhp + row * U, t ? hp + (b * T + t - 1) * U : nullptr,
-                         dh_next + (b - lo) * U, dhp + (b * T + t) * U, U,
-                         [&](int64_t j) { return zo + j / kPanel * ps + j % kPanel; },
-                         [&](int64_t j) { return qo + j / kPanel * ps + j % kPanel; });
+          CArr gr(gp + row * G, G), q_h(qhp + row * U, U);
+          auto z = gr.head(U), r = gr.segment(U, U), n = gr.tail(U);
+          Arr dz_r(dzp + row * G, G), dq_r(dq + (b - lo) * G, G), dhn(dh_next + (b - lo) * U, U);
+          dhn += CArr(dhp + (b * T + t) * U, U);  // The whole gradient reaching h_t: along time and from outside.
+          dz_r.tail(U) = dhn * (1.f - z) * (1.f - n * n);                        // d a_h
+          if (t)
+            dz_r.head(U) = dhn * (CArr(hp + (b * T + t - 1) * U, U) - n) * z * (1.f - z);  // d a_z
+          else
+            dz_r.head(U) = -dhn * n * z * (1.f - z);
+          dz_r.segment(U, U) = dz_r.tail(U) * q_h * r * (1.f - r);             // d a_r
+          dq_r.head(2 * U) = dz_r.head(2 * U);                                   // q_z, q_r enter like a_z, a_r
+          dq_r.tail(U) = dz_r.tail(U) * r;                                       // q_h is scaled by r
+          dhn *= z;  // The direct path h_prev → h; dq·Uᵀ is added below.
+          const float *d = dz_r.data(), *e = dq_r.data();
+          for (int64_t j = 0; j < G; ++j) {
+            sb_in[j] += d[j];
+            sb_rec[j] += e[j];
+          }
+          for (int64_t j = 0; j < G; j += kPanel) {
+            const int64_t cols = std::min<int64_t>(kPanel, G - j);
+            std::copy_n(d + j, cols, &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
+            std::copy_n(e + j, cols, &dq_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
+          }
         }
+        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), B{dz_pack, kPanel, pack_stride, m, G}}}, F, sw, G,
+             /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          for (int64_t p = 0; p < panels; ++p) terms[p].a = A{q_rows + p * ps + lo * kPanel, kPanel, 1};
-          Gemm(terms.data(), static_cast<int>(panels), hi - lo, dh_next, U, /*acc_in=*/true);
+          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), B{dq_pack, kPanel, pack_stride, m, G}}}, U, su, G,
+               /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
+          Gemm({Term{A{dq, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
         }
       }
     });
-    float* dbp = db->flat<float>().data();
-    WeightGradients(ctx, xp, hp, dz_pack, dq_pack, Bt, T, F, U, G, dw->flat<float>().data(), du->flat<float>().data(),
-                    dbp, dbp + G);
+    AddBlockSums(work, blocks, per_block, {dw, du, db});
   }
 };
 
