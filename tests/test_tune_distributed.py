@@ -74,6 +74,21 @@ def test_worker_without_a_chief_fails_in_bounded_time_naming_the_address(tmp_pat
     assert elapsed < 30 and not (tmp_path / "s").exists()
 
 
+def test_a_lost_chief_is_reported_with_the_grpc_status_not_the_error_class():
+    class RpcError(Exception):  # What grpc raises: str() starts with "<_InactiveRpcError of RPC that terminated with:".
+        def __str__(self):
+            return "<_InactiveRpcError of RPC that terminated with:\n\tstatus = ..."
+
+        def code(self):
+            return "StatusCode.UNKNOWN"
+
+        def details(self):
+            return "Exception calling application: '1'\nmore"
+
+    assert tune._rpc_reason(RpcError()) == "StatusCode.UNKNOWN: Exception calling application: '1'"
+    assert tune._rpc_reason(ValueError("one\ntwo")) == "one"
+
+
 def test_only_the_chief_may_overwrite(tmp_path, monkeypatch, capsys):
     worker_env(monkeypatch, free_port())
     with pytest.raises(SystemExit) as e:

@@ -239,8 +239,9 @@ def _rpc_reason(error: Exception) -> str:
     """`StatusCode.UNAVAILABLE: failed to connect ...` from a gRPC error: its first line says only its class."""
     code, details = getattr(error, "code", None), getattr(error, "details", None)
     if callable(code) and callable(details):
-        return f"{code()}: {(details() or '').splitlines()[0][:160] if details() else ''}"
-    return str(error).splitlines()[0][:160]
+        lines = (details() or "").splitlines() or [""]
+        return f"{code()}: {lines[0][:160]}"
+    return (str(error).splitlines() or [""])[0][:160]
 
 
 def trial_rows(tuner) -> list[dict]:
