@@ -12,7 +12,8 @@ from tf_rnn.cli import RunError
 
 
 def repair_reloaded_oracle(oracle) -> None:
-    """Makes an oracle reloaded from its `oracle.json` safe to serve again (keras-tuner 1.4 gets three things wrong).
+    """Makes an oracle reloaded from its `oracle.json` safe to serve again (two things keras-tuner 1.4 gets wrong;
+    the third, a lock left held after an error, is `_release_on_error`'s).
 
     - The display's per-trial start times and numbers are saved *before* a new trial is recorded, so a trial that
       was running when the chief died is missing from them; its worker's `end_trial` then raises `KeyError` in
