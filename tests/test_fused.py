@@ -35,7 +35,8 @@ def kernels(fresh):
 
 
 # (batch, time, features, units): the seed's shape at an odd batch; units not a multiple of 4 (the kernel's
-# narrow last column panel) with a single step; batches that leave 1- and 2-row remainders in each thread's block.
+# narrow last column panel) with a single step; batches that leave 1- and 2-row remainders in each thread's block;
+# units a multiple of 4 but not of 8; a batch of ten 32-row gradient blocks, the last one partial.
 SHAPES = [(9, 28, 28, 64), (1, 1, 3, 5), (13, 4, 7, 16), (130, 3, 5, 8), (5, 6, 4, 12), (300, 3, 4, 8)]
 
 

@@ -337,16 +337,17 @@ def test_a_restarted_chief_serves_the_interrupted_trial_to_its_worker_over_grpc(
     server.start()
     worker_env(monkeypatch, port)
     client = oracle_client.OracleClient(oracle_in(tmp_path / "worker"))
-    ended = [running]
-    trial = client.get_trial(running)
-    client.update_trial(running, {"val_accuracy": 0.7})
-    trial.status = trial_module.TrialStatus.COMPLETED
-    client.end_trial(trial)
-    while (trial := client.create_trial("worker0")).status != trial_module.TrialStatus.STOPPED:
-        client.update_trial(trial.trial_id, {"val_accuracy": 0.1})
+    ended = []
+
+    def end(trial, accuracy):
+        client.update_trial(trial.trial_id, {"val_accuracy": accuracy})
         trial.status = trial_module.TrialStatus.COMPLETED
         client.end_trial(trial)
         ended.append(trial.trial_id)
+
+    end(client.get_trial(running), 0.7)
+    while (trial := client.create_trial("worker0")).status != trial_module.TrialStatus.STOPPED:
+        end(trial, 0.1)
     server.join(30)
     assert not server.is_alive()  # The search is over: the chief stops serving.
     assert sorted(again.trials) == ["0", "1", "2"] and sorted(ended) == ["1", "2"]  # No trial ran twice.
