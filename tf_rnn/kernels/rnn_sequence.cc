@@ -36,16 +36,19 @@ static const Eigen::internal::scalar_logistic_op<float> logistic;
 
 // ---- The matrix products: c[m×n] (+)= a[m×k] · b[k×n], for the small shapes of one time step. ----------------
 //
-// Both operands are packed so that the inner loop reads each of them as one contiguous stream: b in panels of
-// kPanel columns ([panel][k][kPanel]), a in blocks of kRows rows ([block][k][kRows]). A kRows×kPanel tile of c
-// stays in registers: 6×16 is the AVX2 shape (12 accumulators, 2 vectors of b and 1 broadcast of a fill the 16
-// registers). Packing a as well, instead of reading its rows in place (h's rows are time·units floats apart), is
-// what BLAS libraries do; whether it pays here is measured in the ops (benchmarks/kernel_ab.py).
+// b is read in panels of kPanel columns and a block of kRows×kPanel results stays in registers. 6×16 is the
+// AVX2 shape (12 accumulators, 2 vectors of b and 1 broadcast of a fill the 16 registers): measured here at
+// 65-75 GFLOP/s on one core, against ~40 for 4×16 and ~20 for plain loops left to the compiler. The blocked
+// path must stay a separate function from the portable one: inlined together, GCC spills the accumulators.
 constexpr int kPanel = 16, kRows = 6;
 
-struct B {  // Columns [s·kPanel, s·kPanel + kPanel) of b(q, ·) start at p + s * ps + q * kPanel; zero beyond n.
+struct A {  // a(r, q) = p[r * rs + q * qs]: a matrix or its transpose, anywhere in a sequence.
   const float* p;
-  int64_t ps, k, n;
+  int64_t rs, qs;
+};
+struct B {  // Columns [s·kPanel, s·kPanel + kPanel) of b(q, ·) start at p + s * ps + q * qs.
+  const float* p;
+  int64_t qs, ps, k, n;
 };
 
 // Every buffer comes from TensorFlow's allocator (allocate_temp): running out of memory is then an error the
@@ -56,72 +59,91 @@ static Status Scratch(OpKernelContext* ctx, int64_t n, Tensor* t, float** p) {
   return absl::OkStatus();
 }
 
-// b[k×n] (element (q, j) at w[q * qs + j * js]) packed into buf (PackedSize floats), zero beyond column n: the
-// weights, read at every step, then stream through the inner loop contiguously.
+// b[k×n] (element (q, j) at w[q * qs + j * js]) packed as [panel][k][kPanel] into buf (PackedSize floats), zero
+// beyond column n: the weights, read at every step, then stream through the inner loop contiguously.
 static int64_t PackedSize(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * k * kPanel; }
 static B Pack(const float* w, int64_t k, int64_t n, int64_t qs, int64_t js, float* buf) {
   std::fill(buf, buf + PackedSize(k, n), 0.f);
   for (int64_t q = 0; q < k; ++q)
     for (int64_t j = 0; j < n; ++j) buf[(j / kPanel * k + q) * kPanel + j % kPanel] = w[q * qs + j * js];
-  return B{buf, k * kPanel, k, n};
+  return B{buf, kPanel, k * kPanel, k, n};
 }
 
-// A packed a with `ak` columns: block i (rows i·kRows...) starts at ap + i·kRows·ak, element (r, q) of the block
-// at q·kRows + r. Rows past m in the last block are read but their results are dropped.
-static int64_t PackedRowsSize(int64_t m, int64_t ak) { return (m + kRows - 1) / kRows * kRows * ak; }
-// a(r, q0 + q) = src[q] for q < n.
-static void PackRow(const float* src, int64_t n, int64_t r, int64_t q0, int64_t ak, float* ap) {
-  float* dst = ap + (r / kRows * ak + q0) * kRows + r % kRows;
-  for (int64_t q = 0; q < n; ++q) dst[q * kRows] = src[q];
-}
-// a(r0 + r, q) = src[r] for r < n: a row of x or h becomes a column of the transposed a of a weight gradient.
-static void PackColumn(const float* src, int64_t n, int64_t r0, int64_t q, int64_t ak, float* ap) {
-  int64_t r = 0, i = r0 % kRows;  // No division per element: it cost more than the copy.
-  for (float* dst = ap + (r0 / kRows * ak + q) * kRows; r < n; dst += ak * kRows, i = 0)
-    for (; i < kRows && r < n; ++i, ++r) dst[i] = src[r];
-}
+// A product term a[m×k] · b[k×n]; a product is the sum of one or two terms (x·W + h·U in one pass over c).
+struct Term {
+  A a;
+  B b;
+};
 
-// One tile: c[R×kPanel] += a (one packed block, k columns) · b (one panel). c's rows are ldc apart.
 template <int R>
-__attribute__((always_inline)) static inline void Tile(const float* a, const float* b, int64_t k, float* c, int64_t ldc) {
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc[R][2];  // In registers only when inlined: called, GCC stores acc at every step (2x slower).
+static void BlockPortable(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, int cols,
+                          bool acc_in) {
+  float acc[R][kPanel] = {};
   for (int r = 0; r < R; ++r)
-    for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_loadu_ps(c + r * ldc + 8 * h);
-  for (int64_t q = 0; q < k; ++q) {
-    const __m256 b0 = _mm256_loadu_ps(b + q * kPanel), b1 = _mm256_loadu_ps(b + q * kPanel + 8);
-    for (int r = 0; r < R; ++r) {
-      const __m256 x = _mm256_broadcast_ss(a + q * R + r);
-      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+    for (int j = 0; j < cols; ++j) acc[r][j] = acc_in ? c[r * ldc + j] : 0.f;
+  for (int n = 0; n < nterms; ++n) {
+    const A& a = terms[n].a;
+    const float* b = terms[n].b.p + s * terms[n].b.ps;
+    for (int64_t q = 0; q < terms[n].b.k; ++q)
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < cols; ++j) acc[r][j] += a.p[(r0 + r) * a.rs + q * a.qs] * b[q * terms[n].b.qs + j];
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < cols; ++j) c[r * ldc + j] = acc[r][j];
+}
+
+template <int R>
+static void Block(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, bool acc_in) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < 2; ++h) acc[r][h] = acc_in ? _mm256_loadu_ps(c + r * ldc + 8 * h) : _mm256_setzero_ps();
+  for (int n = 0; n < nterms; ++n) {
+    const float* a = terms[n].a.p + r0 * terms[n].a.rs;
+    const int64_t rs = terms[n].a.rs, as = terms[n].a.qs, k = terms[n].b.k, bs = terms[n].b.qs;
+    const float* b = terms[n].b.p + s * terms[n].b.ps;
+    for (int64_t q = 0; q < k; ++q) {
+      const __m256 b0 = _mm256_loadu_ps(b + q * bs), b1 = _mm256_loadu_ps(b + q * bs + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 x = _mm256_broadcast_ss(a + r * rs + q * as);
+        acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+      }
     }
   }
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < 2; ++h) _mm256_storeu_ps(c + r * ldc + 8 * h, acc[r][h]);
 #else
-  for (int64_t q = 0; q < k; ++q)
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kPanel; ++j) c[r * ldc + j] += a[q * R + r] * b[q * kPanel + j];
+  BlockPortable<R>(terms, nterms, s, r0, c, ldc, kPanel, acc_in);
 #endif
 }
 
-// c[m×n] (+)= a[m×b.k] · b, a packed with ak ≥ b.k columns (the first b.k are used); acc_in adds to what c holds.
-static void Gemm(const float* ap, int64_t ak, int64_t m, const B& b, float* c, int64_t ldc, bool acc_in) {
-  if (!acc_in)
-    for (int64_t r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + b.n, 0.f);
-  for (int64_t s = 0; s * kPanel < b.n; ++s) {  // Panel-outer: one panel of b, in L1, serves every block of a.
-    const int64_t j = s * kPanel, cols = std::min<int64_t>(kPanel, b.n - j);
-    for (int64_t r = 0; r < m; r += kRows) {
-      const int64_t rows = std::min<int64_t>(kRows, m - r);
-      if (rows == kRows && cols == kPanel) {
-        Tile<kRows>(ap + r * ak, b.p + s * b.ps, b.k, c + r * ldc + j, ldc);
-        continue;
-      }
-      float tile[kRows * kPanel] = {};  // An edge tile: through a full one, then only its part of c.
-      for (int64_t i = 0; i < rows; ++i) std::copy_n(c + (r + i) * ldc + j, cols, tile + i * kPanel);
-      Tile<kRows>(ap + r * ak, b.p + s * b.ps, b.k, tile, kPanel);
-      for (int64_t i = 0; i < rows; ++i) std::copy_n(tile + i * kPanel, cols, c + (r + i) * ldc + j);
-    }
+template <bool Full>
+static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols, bool acc_in) {
+  auto block = [&](auto rows, int64_t r) {
+    constexpr int R = decltype(rows)::value;
+    if constexpr (Full)
+      Block<R>(terms, nterms, s, r, c + r * ldc, ldc, acc_in);
+    else
+      BlockPortable<R>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in);
+  };
+  int64_t r = 0;
+  for (; r + kRows <= m; r += kRows) block(std::integral_constant<int, kRows>(), r);
+  for (; r + 2 <= m; r += 2) block(std::integral_constant<int, 2>(), r);
+  if (r < m) block(std::integral_constant<int, 1>(), r);
+}
+
+// c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
+static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+  const Term* t = terms.begin();
+  const int nterms = static_cast<int>(terms.size());
+  const int64_t n = t->b.n;
+  for (int64_t s = 0; s * kPanel < n; ++s) {  // Panel-outer: one panel of b serves every block of rows.
+    const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
+    if (cols == kPanel)  // Only a last panel narrower than 16 columns (n % 16 != 0) takes the portable path.
+      Panel<true>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
+    else
+      Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
   }
 }
 
@@ -149,6 +171,16 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
                       for (int64_t k = first; k < last; ++k) fn(k, k * per, std::min(batch, (k + 1) * per));
                     });
   return blocks;
+}
+
+// Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
+// matrix. Read in place, the transpose's columns would be time·width floats apart (for h here: 28·128 floats,
+// 7 × 2 KiB), so the rows of one block of the product would compete for the same two L1 cache sets.
+static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width, float* scratch) {
+  const int64_t ld = hi - lo + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
+  for (int64_t b = lo; b < hi; ++b)
+    for (int64_t w = 0; w < width; ++w) scratch[w * ld + b - lo] = seq[(b * T + t) * width + w];
+  return A{scratch, ld, 1};
 }
 
 // ---- The ops. ---------------------------------------------------------------------------------------------
@@ -256,30 +288,23 @@ class Forward : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &tanh_c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({T, Bt, G}), &g));
     if (Bt * T == 0) return;
-    // x·W + h_prev·U as one product: [x_t | h_{t-1}] · [W; U], k = F + U (k = F at t = 0, where h_{-1} = 0).
-    const int64_t K = F + U, per = RowsPerThread(ctx, Bt), a_size = PackedRowsSize(per, K);
-    Tensor wu_buf, wu_packed_buf, a_buf;
-    float *wu, *wu_packed, *a_all;
-    OP_REQUIRES_OK(ctx, Scratch(ctx, K * G, &wu_buf, &wu));
-    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(K, G), &wu_packed_buf, &wu_packed));
-    OP_REQUIRES_OK(ctx, Scratch(ctx, (Bt + per - 1) / per * a_size, &a_buf, &a_all));
-    std::copy_n(w.flat<float>().data(), F * G, wu);  // [W; U]: both row-major with rows of G floats.
-    std::copy_n(u.flat<float>().data(), U * G, wu + F * G);
-    const B wup = Pack(wu, K, G, G, 1, wu_packed);
+    Tensor w_buf, u_buf;
+    float *w_packed, *u_packed;
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(F, G), &w_buf, &w_packed));
+    OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(U, G), &u_buf, &u_packed));
+    const B wp = Pack(w.flat<float>().data(), F, G, G, 1, w_packed), up = Pack(u.flat<float>().data(), U, G, G, 1, u_packed);
     const float *xp = x.flat<float>().data(), *bp = bias.flat<float>().data();
     float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *tcp = tanh_c->flat<float>().data(),
           *gp = g->flat<float>().data();
-    ForRowBlocks(ctx, Bt, per, [&](int64_t block, int64_t lo, int64_t hi) {
-      float* a = a_all + block * a_size;
-      std::fill(a, a + a_size, 0.f);
+    ForRowBlocks(ctx, Bt, RowsPerThread(ctx, Bt), [&](int64_t, int64_t lo, int64_t hi) {
       for (int64_t t = 0; t < T; ++t) {
         float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
-        for (int64_t b = lo; b < hi; ++b) {
-          std::copy(bp, bp + G, z + (b - lo) * G);
-          PackRow(xp + (b * T + t) * F, F, b - lo, 0, K, a);
-          if (t) PackRow(hp + (b * T + t - 1) * U, U, b - lo, F, K, a);
-        }
-        Gemm(a, K, hi - lo, B{wup.p, wup.ps, t ? K : F, G}, z, G, /*acc_in=*/true);
+        for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
+        const Term xw{A{xp + (lo * T + t) * F, T * F, 1}, wp};
+        if (t)
+          Gemm({xw, Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up}}, hi - lo, z, G, /*acc_in=*/true);
+        else
+          Gemm({xw}, hi - lo, z, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
           Arr zr(gp + row * G, G), co(cp + row * U, U), tc(tcp + row * U, U), ho(hp + (b * T + t) * U, U);
@@ -317,14 +342,12 @@ class Backward : public OpKernel {
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
     float* dzp = dz->flat<float>().data();
-    // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] — dW, dU, db —
-    // (added up at the end, in block order), the gradients flowing back along time into its rows (into h through
-    // U, and into c), dz_t packed in panels (the b of the weight gradients) and in row blocks (the a of dz_t·Uᵀ),
-    // [x_t | h_{t-1}]ᵀ packed, one row of dc. Sizes for a full block of kGradRows rows.
-    const int64_t K = F + U, sums_size = (K + 1) * G, max_stride = (kGradRows + 1) * kPanel,
-                  pack_size = (G + kPanel - 1) / kPanel * max_stride, rows_size = PackedRowsSize(kGradRows, G),
-                  xh_size = PackedRowsSize(K, kGradRows),
-                  per_block = sums_size + 2 * kGradRows * U + pack_size + rows_size + xh_size + U;
+    // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] (added up at
+    // the end, in block order), the gradients flowing back along time into its rows (into h through U, and into
+    // c), dz_t packed in panels, a transpose buffer and one row of dc. Sizes for a full block of kGradRows rows.
+    const int64_t sums_size = (F + U + 1) * G, max_stride = (kGradRows + 1) * kPanel,
+                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+                  per_block = sums_size + 2 * kGradRows * U + pack_size + scratch_size + U;
     const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
     Tensor work_buf;
     float* work;
@@ -332,11 +355,11 @@ class Backward : public OpKernel {
     const int64_t blocks = nblocks == 0 ? 0 : ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
       float* mem = work + block * per_block;
       std::fill(mem, mem + per_block, 0.f);
-      float *sw = mem, *sb = sw + K * G;  // [dW; dU] as one [K, G] matrix, then db.
+      float *sw = mem, *su = sw + F * G, *sb = su + U * G;
       const int64_t m = hi - lo;
       float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
-            *dz_rows = dz_pack + pack_size, *xh = dz_rows + rows_size;
-      Arr dct(xh + xh_size, U);
+            *scratch = dz_pack + pack_size;
+      Arr dct(scratch + scratch_size, U);
       // dz_t's panels are one row more than m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) they would
       // share L1 cache sets and evict each other.
       const int64_t pack_stride = (m + 1) * kPanel;
@@ -358,16 +381,16 @@ class Backward : public OpKernel {
           dc_r = dct * f;
           const float* d = dz_r.data();
           for (int64_t j = 0; j < G; ++j) sb[j] += d[j];
-          // The operands of the products below, packed while this row is in cache.
+          // dz_t is the b of two products below: packed while its row is in cache.
           for (int64_t j = 0; j < G; j += kPanel)
             std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
-          PackRow(d, G, b - lo, 0, G, dz_rows);
-          PackColumn(xp + (b * T + t) * F, F, 0, b - lo, m, xh);
-          if (t) PackColumn(hp + (b * T + t - 1) * U, U, F, b - lo, m, xh);
         }
-        // [dW; dU] += [x_t | h_{t-1}]ᵀ·dz_t (dW alone at t = 0), then the gradient into h_{t-1}: dz_t·Uᵀ.
-        Gemm(xh, m, t ? K : F, B{dz_pack, pack_stride, m, G}, sw, G, /*acc_in=*/true);
-        if (t) Gemm(dz_rows, G, m, ut, dh_next, U, /*acc_in=*/false);
+        const B dz_t{dz_pack, kPanel, pack_stride, m, G};
+        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
+        if (t) {
+          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
+          Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
+        }
       }
     });
     AddBlockSums(work, blocks, per_block, {dw, du, db});
@@ -442,27 +465,21 @@ class GruForward : public OpKernel {
     float *w_packed, *u_packed, *q_all;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(F, G), &w_buf, &w_packed));
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(U, G), &u_buf, &u_packed));
-    const int64_t per = RowsPerThread(ctx, Bt), a_size = PackedRowsSize(per, F) + PackedRowsSize(per, U);
+    const int64_t per = RowsPerThread(ctx, Bt);
     OP_REQUIRES_OK(ctx, Scratch(ctx, Bt * G, &q_buf, &q_all));  // h_prev·U + b_rec of the current step, per row.
-    Tensor a_buf;  // Per block: x_t and h_{t-1} packed (two products: r scales h_prev·U's third alone).
-    float* a_all;
-    OP_REQUIRES_OK(ctx, Scratch(ctx, (Bt + per - 1) / per * a_size, &a_buf, &a_all));
     const B wp = Pack(w.flat<float>().data(), F, G, G, 1, w_packed), up = Pack(u.flat<float>().data(), U, G, G, 1, u_packed);
     const float *xp = x.flat<float>().data(), *b_in = bias.flat<float>().data(), *b_rec = b_in + G;
     float *hp = h->flat<float>().data(), *gp = g->flat<float>().data(), *qhp = qh->flat<float>().data();
-    ForRowBlocks(ctx, Bt, per, [&](int64_t block, int64_t lo, int64_t hi) {
-      float *q = q_all + lo * G, *ax = a_all + block * a_size, *ah = ax + PackedRowsSize(per, F);
-      std::fill(ax, ax + a_size, 0.f);
+    ForRowBlocks(ctx, Bt, per, [&](int64_t, int64_t lo, int64_t hi) {
+      float* q = q_all + lo * G;
       for (int64_t t = 0; t < T; ++t) {
         float* a = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart: a, then the activated gates.
         for (int64_t b = lo; b < hi; ++b) {
           std::copy(b_in, b_in + G, a + (b - lo) * G);
           std::copy(b_rec, b_rec + G, q + (b - lo) * G);
-          PackRow(xp + (b * T + t) * F, F, b - lo, 0, F, ax);
-          if (t) PackRow(hp + (b * T + t - 1) * U, U, b - lo, 0, U, ah);
         }
-        Gemm(ax, F, hi - lo, wp, a, G, /*acc_in=*/true);
-        if (t) Gemm(ah, U, hi - lo, up, q, G, /*acc_in=*/true);
+        Gemm({Term{A{xp + (lo * T + t) * F, T * F, 1}, wp}}, hi - lo, a, G, /*acc_in=*/true);
+        if (t) Gemm({Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up}}, hi - lo, q, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
           Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + (b * T + t) * U, U);
@@ -500,12 +517,11 @@ class GruBackward : public OpKernel {
                 *gp = g.flat<float>().data(), *qhp = qh.flat<float>().data();
     float* dzp = dz->flat<float>().data();
     // Per block of kGradRows rows (see the LSTM's backward op): the sums [F + U + 2, 3·units] — dW, dU, d b_in,
-    // d b_rec — the gradient flowing back into h along time, dq (the gradient of q) row-major, dz and dq packed
-    // in panels, dq packed in row blocks, x_tᵀ and h_{t-1}ᵀ packed (dW and dU have different b: two products).
+    // d b_rec — the gradient flowing back into h along time, dq (the gradient of q) row-major and both dz and dq
+    // packed in panels, a transpose buffer.
     const int64_t sums_size = (F + U + 2) * G, max_stride = (kGradRows + 1) * kPanel,
-                  pack_size = (G + kPanel - 1) / kPanel * max_stride, rows_size = PackedRowsSize(kGradRows, G),
-                  xt_size = PackedRowsSize(F, kGradRows), ht_size = PackedRowsSize(U, kGradRows),
-                  per_block = sums_size + kGradRows * U + kGradRows * G + 2 * pack_size + rows_size + xt_size + ht_size;
+                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+                  per_block = sums_size + kGradRows * U + kGradRows * G + 2 * pack_size + scratch_size;
     const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
     Tensor work_buf;
     float* work;
@@ -515,8 +531,7 @@ class GruBackward : public OpKernel {
       std::fill(mem, mem + per_block, 0.f);
       float *sw = mem, *su = sw + F * G, *sb_in = su + U * G, *sb_rec = sb_in + G;
       float *dh_next = mem + sums_size, *dq = dh_next + kGradRows * U, *dz_pack = dq + kGradRows * G,
-            *dq_pack = dz_pack + pack_size, *dq_rows = dq_pack + pack_size, *xt = dq_rows + rows_size,
-            *ht = xt + xt_size;
+            *dq_pack = dz_pack + pack_size, *scratch = dq_pack + pack_size;
       const int64_t m = hi - lo, pack_stride = (m + 1) * kPanel;
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t b = lo; b < hi; ++b) {
@@ -544,14 +559,13 @@ class GruBackward : public OpKernel {
             std::copy_n(d + j, cols, &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
             std::copy_n(e + j, cols, &dq_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
           }
-          PackRow(e, G, b - lo, 0, G, dq_rows);
-          PackColumn(xp + (b * T + t) * F, F, 0, b - lo, m, xt);
-          if (t) PackColumn(hp + (b * T + t - 1) * U, U, 0, b - lo, m, ht);
         }
-        Gemm(xt, m, F, B{dz_pack, pack_stride, m, G}, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
+        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), B{dz_pack, kPanel, pack_stride, m, G}}}, F, sw, G,
+             /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          Gemm(ht, m, U, B{dq_pack, pack_stride, m, G}, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
-          Gemm(dq_rows, G, m, ut, dh_next, U, /*acc_in=*/true);                  // dh_{t-1} = dh·z + dq_t·Uᵀ
+          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), B{dq_pack, kPanel, pack_stride, m, G}}}, U, su, G,
+               /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
+          Gemm({Term{A{dq, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
         }
       }
     });
