@@ -1,6 +1,7 @@
-"""benchmarks/: the throughput harness's machine-readable forms (slow: it trains on real Fashion-MNIST)."""
+"""benchmarks/: the throughput harness's machine-readable forms (slow: it trains on real Fashion-MNIST); the kernel A/B."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,18 @@ def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
     assert list(rates) == ["tf_rnn"] and rates["tf_rnn"] > 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["cell"] == cell and report["contenders"]["tf_rnn"]["samples_per_s_median"] == rates["tf_rnn"]
+
+
+def test_kernel_ab_renames_every_op_and_names_a_bad_revision(capsys):
+    """The A/B's two libraries load side by side only if every op of the kernel gets the tag; a revision that does not
+    exist is one line, before anything is compiled."""
+    from benchmarks import kernel_ab
+
+    source = (ROOT / kernel_ab.SOURCE).read_text()
+    ops = set(re.findall(r'REGISTER_OP\("(TfRnn\w+)"\)', source))
+    assert len(ops) == 4
+    tagged = kernel_ab.renamed(source, "Old")
+    assert set(re.findall(r'REGISTER_OP\("(\w+)"\)', tagged)) == {op.replace("TfRnn", "TfRnnOld") for op in ops}
+    assert set(re.findall(r'Name\("(\w+)"\)', tagged)) == {op.replace("TfRnn", "TfRnnOld") for op in ops}
+    with pytest.raises(SystemExit, match="no-such-revision.*neither a file nor a git revision"):
+        kernel_ab.source_text("no-such-revision")

@@ -90,8 +90,9 @@ def compiler() -> tuple[str, str]:
     return path, (done.stdout.splitlines() or ["unknown version"])[0]
 
 
-def build_command(cxx: str, out: Path) -> list[str]:
-    return [cxx, *CXX_FLAGS, *tf.sysconfig.get_compile_flags(), str(KERNEL_SOURCE), "-o", str(out),
+def build_command(cxx: str, out: Path, source: Path = KERNEL_SOURCE) -> list[str]:
+    """The compiler command line; `source` other than ours only for benchmarks/kernel_ab.py's A/B builds."""
+    return [cxx, *CXX_FLAGS, *tf.sysconfig.get_compile_flags(), str(source), "-o", str(out),
             *tf.sysconfig.get_link_flags()]
 
 
