@@ -60,7 +60,8 @@ def build(source: str, tag: str, workdir: Path):
     cxx, _ = fused.compiler()
     done = subprocess.run(fused.build_command(cxx, so, source=cc), capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"kernel_ab: {tag} does not compile: {done.stderr.strip().splitlines()[-1:]}")
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise SystemExit(f"kernel_ab: the {tag.lower()} source does not compile: {last}")
     return tf.load_op_library(str(so))
 
 
@@ -117,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (default 2)")
     parser.add_argument("--json", help="append the result to this JSON list file")
     args = parser.parse_args(argv)
+    for name in ("rounds", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: must be at least 1")
     old_src, new_src = source_text(args.old), source_text(args.new)  # Before TensorFlow: bad input fails fast.
 
     import tensorflow as tf

@@ -26,7 +26,7 @@ def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
     assert report["cell"] == cell and report["contenders"]["tf_rnn"]["samples_per_s_median"] == rates["tf_rnn"]
 
 
-def test_kernel_ab_renames_every_op_and_names_a_bad_revision(capsys):
+def test_kernel_ab_renames_every_op_and_names_a_bad_revision():
     """The A/B's two libraries load side by side only if every op of the kernel gets the tag; a revision that does not
     exist is one line, before anything is compiled."""
     from benchmarks import kernel_ab
