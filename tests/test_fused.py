@@ -84,6 +84,11 @@ def test_kernel_refuses_inconsistent_shapes(kernels):
         kernels.tf_rnn_gru_forward(x, tf.zeros([5, 6]), tf.zeros([2, 6]), tf.zeros([2, 6]))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"GRU op: bias must be \[2, 3·units\]"):
         kernels.tf_rnn_gru_forward(x, tf.zeros([4, 6]), tf.zeros([2, 6]), tf.zeros([6]))
+    # The gradient reaching h: every step's, or the last step's alone; nothing else.
+    h, c, tanh_c, gates = kernels.tf_rnn_lstm_forward(x, tf.zeros([4, 8]), tf.zeros([2, 8]), tf.zeros([8]))
+    for d_h in (tf.zeros([2, 3]), tf.zeros([2, 2, 2]), tf.zeros([2, 3, 2, 1])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"LSTM op: need"):
+            kernels.tf_rnn_lstm_backward(d_h, x, tf.zeros([2, 8]), h, c, tanh_c, gates)
 
 
 def test_stacked_rnn_trains_through_the_fused_path_on_a_cpu_and_infers_without_it(kernels, monkeypatch):

@@ -209,7 +209,9 @@ REGISTER_OP("TfRnnLstmForward")
       return absl::OkStatus();
     });
 
-// d_h: <float32>[batch, time, units], the loss' gradient reaching each step's h from outside the layer; x,
+// d_h: <float32>[batch, time, units], the loss' gradient reaching each step's h from outside the layer — or
+// [batch, units] when only the last step's h is the layer's output (Keras' return_sequences=False): then no
+// [batch, time, units] of zeros is made by TensorFlow's slice gradient only to be read back here. x,
 // recurrent_kernel, and the forward op's outputs → dz: [time, batch, 4·units], the gradient of every step's
 // pre-activations (dx = dz·Wᵀ is left to TensorFlow, which skips it when x needs none); d_kernel,
 // d_recurrent_kernel, d_bias: the weights' gradients.
@@ -242,6 +244,7 @@ struct Seq {
   const Tensor* t;
   int64_t width;
   bool time_major;
+  bool last_ok = false;  // May be [B, width·units] instead: the last step's only (see dh below).
 };
 // `cell` names the op in the message; `gates` is 4 (LSTM) or 3 (GRU).
 static Status CheckShapes(const char* cell, int gates, const Tensor& x, const Tensor& u, const Tensor* w,
@@ -253,8 +256,12 @@ static Status CheckShapes(const char* cell, int gates, const Tensor& x, const Te
                                    "·units], recurrent_kernel [units, ", gates, "·units]; got ",
                                    x.shape().DebugString(), ", ", w ? w->shape().DebugString() : "-", ", ",
                                    u.shape().DebugString());
-  for (auto [t, width, time_major] : seq)
-    if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
+  for (auto [t, width, time_major, last_ok] : seq)
+    if (last_ok && t->dims() == 2) {
+      if (t->dim_size(0) != x.dim_size(0) || t->dim_size(1) != width * u.dim_size(0))
+        return errors::InvalidArgument("tf_rnn ", cell, " op: need d_h [batch, time, units] or [batch, units]; got ",
+                                       t->shape().DebugString());
+    } else if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
         t->dim_size(2) != width * u.dim_size(0))
       return errors::InvalidArgument("tf_rnn ", cell, " op: need ", time_major ? "[time, batch, " : "[batch, time, ",
                                      width, "·units]; got ", t->shape().DebugString());
@@ -328,7 +335,7 @@ class Backward : public OpKernel {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &c = ctx->input(4), &tanh_c = ctx->input(5), &g = ctx->input(6);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
-                                    {{&dh, 1, false}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
+                                    {{&dh, 1, false, true}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -339,6 +346,7 @@ class Backward : public OpKernel {
     float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
     const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev = dz · Uᵀ.
+    const bool last_only = dh.dims() == 2;
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
     float* dzp = dz->flat<float>().data();
@@ -369,7 +377,10 @@ class Backward : public OpKernel {
           CArr z(gp + row * G, G), tc(tcp + row * U, U);
           Arr dz_r(dzp + row * G, G), dc_r(dc + (b - lo) * U, U), dhn(dh_next + (b - lo) * U, U);
           auto i = z.head(U), f = z.segment(U, U), gg = z.segment(2 * U, U), o = z.tail(U);
-          dhn += CArr(dhp + (b * T + t) * U, U);  // Now the whole gradient reaching h_t: along time and from outside.
+          if (!last_only)  // Now the whole gradient reaching h_t: along time and from outside.
+            dhn += CArr(dhp + (b * T + t) * U, U);
+          else if (t == T - 1)
+            dhn += CArr(dhp + b * U, U);
           dct = dc_r + dhn * o * (1.f - tc * tc);  // No tanh here: the forward pass kept tanh(c).
           dz_r.head(U) = dct * gg * i * (1.f - i);
           if (t)
@@ -423,7 +434,7 @@ REGISTER_OP("TfRnnGruForward")
       return absl::OkStatus();
     });
 
-// d_h: [batch, time, units] from outside the layer → dz: [time, batch, 3·units], the gradient of each step's
+// d_h: [batch, time, units] (or [batch, units], as for the LSTM) from outside the layer → dz: [time, batch, 3·units], the gradient of each step's
 // x·W + b_in (dx = dz·Wᵀ is left to TensorFlow); d_kernel, d_recurrent_kernel, d_bias [2, 3·units].
 REGISTER_OP("TfRnnGruBackward")
     .Input("d_h: float")
@@ -502,7 +513,7 @@ class GruBackward : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &g = ctx->input(4), &qh = ctx->input(5);
-    OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr, {{&dh, 1, false}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
+    OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr, {{&dh, 1, false, true}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -513,6 +524,7 @@ class GruBackward : public OpKernel {
     float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
     const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev += dq · Uᵀ.
+    const bool last_only = dh.dims() == 2;
     const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *gp = g.flat<float>().data(), *qhp = qh.flat<float>().data();
     float* dzp = dz->flat<float>().data();
@@ -539,7 +551,10 @@ class GruBackward : public OpKernel {
           CArr gr(gp + row * G, G), q_h(qhp + row * U, U);
           auto z = gr.head(U), r = gr.segment(U, U), n = gr.tail(U);
           Arr dz_r(dzp + row * G, G), dq_r(dq + (b - lo) * G, G), dhn(dh_next + (b - lo) * U, U);
-          dhn += CArr(dhp + (b * T + t) * U, U);  // The whole gradient reaching h_t: along time and from outside.
+          if (!last_only)  // The whole gradient reaching h_t: along time and from outside.
+            dhn += CArr(dhp + (b * T + t) * U, U);
+          else if (t == T - 1)
+            dhn += CArr(dhp + b * U, U);
           dz_r.tail(U) = dhn * (1.f - z) * (1.f - n * n);                        // d a_h
           if (t)
             dz_r.head(U) = dhn * (CArr(hp + (b * T + t - 1) * U, U) - n) * z * (1.f - z);  // d a_z
