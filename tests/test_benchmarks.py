@@ -39,3 +39,24 @@ def test_kernel_ab_renames_every_op_and_names_a_bad_revision():
     assert set(re.findall(r'Name\("(\w+)"\)', tagged)) == {op.replace("TfRnn", "TfRnnOld") for op in ops}
     with pytest.raises(SystemExit, match="no-such-revision.*neither a file nor a git revision"):
         kernel_ab.source_text("no-such-revision")
+
+
+def test_fma_peak_reports_the_median_of_each_thread_count_and_its_scaling(tmp_path):
+    """What benchmarks/README quotes from `results/fma_peak.json`: each thread count's figure is the median of its
+    repeats and the scaling is it over one thread's; a thread count below 1 is refused before anything runs."""
+    import statistics
+
+    from benchmarks import fma_peak
+    from tf_rnn import fused
+
+    if not {"avx2", "fma"} <= (fused.cpu_flags() or set()):
+        pytest.skip("fma_peak needs AVX2+FMA")
+    out = tmp_path / "fma.json"
+    assert fma_peak.main(["--threads", "1", "2", "--repeats", "3", "--iters", "200000", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for n in ("1", "2"):
+        assert len(result["gflops_repeats"][n]) == 3
+        assert result["gflops"][n] == round(statistics.median(result["gflops_repeats"][n]), 1) > 0
+    assert result["scaling_over_one_thread"]["2"] == round(result["gflops"]["2"] / result["gflops"]["1"], 2)
+    with pytest.raises(SystemExit):
+        fma_peak.main(["--threads", "0"])
