@@ -261,12 +261,24 @@ static Status CheckShapes(const char* cell, int gates, const Tensor& x, const Te
       if (t->dim_size(0) != x.dim_size(0) || t->dim_size(1) != width * u.dim_size(0))
         return errors::InvalidArgument("tf_rnn ", cell, " op: need d_h [batch, time, units] or [batch, units]; got ",
                                        t->shape().DebugString());
-    } else if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) || t->dim_size(!time_major) != x.dim_size(1) ||
-        t->dim_size(2) != width * u.dim_size(0))
+    } else if (t->dims() != 3 || t->dim_size(time_major) != x.dim_size(0) ||
+               t->dim_size(!time_major) != x.dim_size(1) || t->dim_size(2) != width * u.dim_size(0))
       return errors::InvalidArgument("tf_rnn ", cell, " op: need ", time_major ? "[time, batch, " : "[batch, time, ",
                                      width, "·units]; got ", t->shape().DebugString());
   return absl::OkStatus();
 }
+
+// The gradient reaching h from outside the layer, d_h: [batch, time, units], or [batch, units] when only the last
+// step's h leaves the layer. (b, t) → row b's at step t, or nullptr where it has none.
+struct FromOutside {
+  const float* p;
+  bool last_only;
+  int64_t T, U;
+  const float* operator()(int64_t b, int64_t t) const {
+    if (!last_only) return p + (b * T + t) * U;
+    return t == T - 1 ? p + b * U : nullptr;
+  }
+};
 
 // The weight gradients: each output is the sum over blocks of its stretch at the start of every block's working
 // memory (the outputs' stretches lie one after another there), added in block order.
@@ -346,8 +358,8 @@ class Backward : public OpKernel {
     float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
     const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev = dz · Uᵀ.
-    const bool last_only = dh.dims() == 2;
-    const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
+    const FromOutside from_outside{dh.flat<float>().data(), dh.dims() == 2, T, U};
+    const float *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
     float* dzp = dz->flat<float>().data();
     // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] (added up at
@@ -377,10 +389,7 @@ class Backward : public OpKernel {
           CArr z(gp + row * G, G), tc(tcp + row * U, U);
           Arr dz_r(dzp + row * G, G), dc_r(dc + (b - lo) * U, U), dhn(dh_next + (b - lo) * U, U);
           auto i = z.head(U), f = z.segment(U, U), gg = z.segment(2 * U, U), o = z.tail(U);
-          if (!last_only)  // Now the whole gradient reaching h_t: along time and from outside.
-            dhn += CArr(dhp + (b * T + t) * U, U);
-          else if (t == T - 1)
-            dhn += CArr(dhp + b * U, U);
+          if (const float* d = from_outside(b, t)) dhn += CArr(d, U);  // h_t's whole gradient: time and outside.
           dct = dc_r + dhn * o * (1.f - tc * tc);  // No tanh here: the forward pass kept tanh(c).
           dz_r.head(U) = dct * gg * i * (1.f - i);
           if (t)
@@ -434,8 +443,9 @@ REGISTER_OP("TfRnnGruForward")
       return absl::OkStatus();
     });
 
-// d_h: [batch, time, units] (or [batch, units], as for the LSTM) from outside the layer → dz: [time, batch, 3·units], the gradient of each step's
-// x·W + b_in (dx = dz·Wᵀ is left to TensorFlow); d_kernel, d_recurrent_kernel, d_bias [2, 3·units].
+// d_h: [batch, time, units] (or [batch, units], as for the LSTM) from outside the layer → dz: [time, batch,
+// 3·units], the gradient of each step's x·W + b_in (dx = dz·Wᵀ is left to TensorFlow); d_kernel,
+// d_recurrent_kernel, d_bias [2, 3·units].
 REGISTER_OP("TfRnnGruBackward")
     .Input("d_h: float")
     .Input("x: float")
@@ -513,7 +523,8 @@ class GruBackward : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &g = ctx->input(4), &qh = ctx->input(5);
-    OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr, {{&dh, 1, false, true}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
+    OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr,
+                                    {{&dh, 1, false, true}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -524,8 +535,8 @@ class GruBackward : public OpKernel {
     float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
     const B ut = Pack(u.flat<float>().data(), G, U, 1, G, ut_packed);  // Uᵀ: dh_prev += dq · Uᵀ.
-    const bool last_only = dh.dims() == 2;
-    const float *dhp = dh.flat<float>().data(), *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
+    const FromOutside from_outside{dh.flat<float>().data(), dh.dims() == 2, T, U};
+    const float *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
                 *gp = g.flat<float>().data(), *qhp = qh.flat<float>().data();
     float* dzp = dz->flat<float>().data();
     // Per block of kGradRows rows (see the LSTM's backward op): the sums [F + U + 2, 3·units] — dW, dU, d b_in,
@@ -551,10 +562,7 @@ class GruBackward : public OpKernel {
           CArr gr(gp + row * G, G), q_h(qhp + row * U, U);
           auto z = gr.head(U), r = gr.segment(U, U), n = gr.tail(U);
           Arr dz_r(dzp + row * G, G), dq_r(dq + (b - lo) * G, G), dhn(dh_next + (b - lo) * U, U);
-          if (!last_only)  // The whole gradient reaching h_t: along time and from outside.
-            dhn += CArr(dhp + (b * T + t) * U, U);
-          else if (t == T - 1)
-            dhn += CArr(dhp + b * U, U);
+          if (const float* d = from_outside(b, t)) dhn += CArr(d, U);  // h_t's whole gradient: time and outside.
           dz_r.tail(U) = dhn * (1.f - z) * (1.f - n * n);                        // d a_h
           if (t)
             dz_r.head(U) = dhn * (CArr(hp + (b * T + t - 1) * U, U) - n) * z * (1.f - z);  // d a_z
