@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         if min(values) < 1:
             parser.error(f"--{name} {min(values)}: must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"command": "python -m benchmarks.fma_peak " + " ".join(argv or []),
+        result = {"command": " ".join(["python -m benchmarks.fma_peak", *(argv or [])]),
                   "threads": args.threads, "repeats": args.repeats, "iters": args.iters,
                   **measure(compile_program(Path(tmp)), args.threads, args.repeats, args.iters)}
     print(json.dumps({k: result[k] for k in ("gflops", "scaling_over_one_thread")}))
