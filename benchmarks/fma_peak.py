@@ -67,8 +67,7 @@ def compile_program(workdir: Path) -> Path:
     done = subprocess.run([cxx, "-O3", "-mavx2", "-mfma", "-pthread", str(src), "-o", str(exe)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if "error" in line] or [f"exit {done.returncode}"]
-        raise SystemExit(f"fma_peak: the test program does not compile: {errors[0].strip()}")
+        raise SystemExit(f"fma_peak: the test program does not compile: {fused.first_error(done)}")
     return exe
 
 

@@ -60,8 +60,7 @@ def build(source: str, tag: str, workdir: Path):
     cxx, _ = fused.compiler()
     done = subprocess.run(fused.build_command(cxx, so, source=cc), capture_output=True, text=True)
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if "error" in line] or [f"exit {done.returncode}"]
-        raise SystemExit(f"kernel_ab: the {tag.lower()} source does not compile: {errors[0].strip()}")
+        raise SystemExit(f"kernel_ab: the {tag.lower()} source does not compile: {fused.first_error(done)}")
     return tf.load_op_library(str(so))
 
 

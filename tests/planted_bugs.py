@@ -77,6 +77,7 @@ BUGS = [
  ("chief bind failure unreported", "tf_rnn/tune_chief.py", "    if not bound:\n", "    if False:\n", "tests/test_tune_distributed.py"),
  ("kernel A/B renames only REGISTER_OP", "benchmarks/kernel_ab.py", """re.subn(r'"TfRnn(\\w+)"', rf'"TfRnn{tag}\\1"', source)""", """re.subn(r'OP\\("TfRnn(\\w+)"', rf'OP("TfRnn{tag}\\1"', source)""", "tests/test_benchmarks.py"),
  ("fma peak: best repeat, not the median", "benchmarks/fma_peak.py", "round(statistics.median(v), 1)", "round(max(v), 1)", "tests/test_benchmarks.py -k fma_peak"),
+ ("compile failure named by its last error", "tf_rnn/fused.py", "    return errors[0].strip()", "    return errors[-1].strip()", "tests/test_fused.py -k first_error_line"),
 ]
 
 

@@ -364,3 +364,13 @@ def test_a_failing_build_is_tried_once_and_a_damaged_cache_file_goes_through_bui
     with pytest.warns(UserWarning, match="planted"):
         assert fused.kernels() is None
     assert calls == [1, 1]  # The unloadable cached file was handed to build() (which rebuilds it), once.
+
+
+def test_a_failed_compile_is_named_by_its_first_error_line():
+    """The one line `tf_rnn.fused build`, kernel_ab and fma_peak print when the compiler fails."""
+    import subprocess
+
+    stderr = "k.cc: In function 'f':\nk.cc:3:9: error: expected ';'\n    3 | int x\n      |      ^\nk.cc:5:1: error: two\n"
+    assert fused.first_error(subprocess.CompletedProcess([], 1, "", stderr)) == "k.cc:3:9: error: expected ';'"
+    assert fused.first_error(subprocess.CompletedProcess([], 1, "", "ld: cannot open output\n")) == "ld: cannot open output"
+    assert fused.first_error(subprocess.CompletedProcess([], 4, "", "")) == "exit 4"

@@ -117,6 +117,14 @@ def load_error(path: Path) -> str | None:
     return lines[-1] if lines else f"exit code {done.returncode}"
 
 
+def first_error(done: subprocess.CompletedProcess) -> str:
+    """A failed compile in one line: the compiler's first line naming an error, else its last line, else the exit
+    code (the last line alone is often a caret or `compilation terminated.`)."""
+    lines = done.stderr.splitlines()
+    errors = [line for line in lines if "error" in line] or lines[-1:] or [f"exit {done.returncode}"]
+    return errors[0].strip()
+
+
 def _compile(out: Path) -> None:
     """Compiles into a unique temporary file beside `out`, test-loads it, then publishes it atomically."""
     cxx, _ = compiler()
@@ -128,8 +136,7 @@ def _compile(out: Path) -> None:
     try:
         done = subprocess.run(build_command(cxx, tmp), capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
-            errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()[-1:]
-            raise BuildError(f"building {KERNEL_SOURCE.name} failed: {errors[0] if errors else done.returncode}")
+            raise BuildError(f"building {KERNEL_SOURCE.name} failed: {first_error(done)}")
         problem = load_error(tmp)
         if problem:
             raise BuildError(f"the freshly built {KERNEL_SOURCE.name} does not load: {problem}")
