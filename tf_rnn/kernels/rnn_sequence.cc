@@ -12,9 +12,11 @@
 //
 // Layout (Keras' LSTM): z = x·W + b + h_prev·U, gates i, f, c, o in blocks of `units` columns;
 // i = σ(z_i), f = σ(z_f), g = tanh(z_c), o = σ(z_o); c = f·c_prev + i·g; h = o·tanh(c); h_{-1} = c_{-1} = 0.
-// x and h are batch-major, [batch, time, ...], as Keras passes them. What only the backward op reads (c, tanh c,
-// the gates, dz) is time-major, [time, batch, ...]: a thread's rows of one step are then one contiguous stretch
-// of memory, which the hardware prefetcher streams, instead of rows time·4·units floats apart.
+// x is batch-major, [batch, time, ...], as Keras passes it (and so is d_h). Everything the ops write — h, c, tanh c,
+// the gates, dz — is time-major, [time, batch, ...]: a thread's rows of one step are then one contiguous stretch
+// of memory, which the hardware prefetcher streams, instead of rows time·4·units floats apart. For h that also
+// means the next step's product reads h_prev's rows 512 bytes apart instead of 14 KiB (same L1 sets), and the
+// backward op's transposes of h read whole cache lines in order: 3-6% off the LSTM's op pair (kernel_ab).
 
 #define EIGEN_USE_THREADS
 #include <algorithm>
@@ -173,21 +175,21 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
   return blocks;
 }
 
-// Step t of rows [lo, hi) of a [batch, time, width] sequence, transposed into scratch as a [width × (hi - lo)]
-// matrix. Read in place, the transpose's columns would be time·width floats apart (for h here: 28·128 floats,
-// 7 × 2 KiB), so the rows of one block of the product would compete for the same two L1 cache sets.
-static A Transposed(const float* seq, int64_t lo, int64_t hi, int64_t t, int64_t T, int64_t width, float* scratch) {
-  const int64_t ld = hi - lo + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
-  for (int64_t b = lo; b < hi; ++b)
-    for (int64_t w = 0; w < width; ++w) scratch[w * ld + b - lo] = seq[(b * T + t) * width + w];
+// m rows of `width` floats, `stride` apart from `first` on (one step of a block of rows), transposed into scratch
+// as a [width × m] matrix. Read in place, the transpose's columns would be `stride` floats apart (for x here:
+// 28·28 floats), so the rows of one block of the product would compete for the same few L1 cache sets.
+static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch) {
+  const int64_t ld = m + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
+  for (int64_t b = 0; b < m; ++b)
+    for (int64_t w = 0; w < width; ++w) scratch[w * ld + b] = first[b * stride + w];
   return A{scratch, ld, 1};
 }
 
 // ---- The ops. ---------------------------------------------------------------------------------------------
 
 // x: <float32>[batch, time, features]; kernel W: [features, 4·units]; recurrent_kernel U: [units, 4·units];
-// bias: [4·units] → h: [batch, time, units] of every step; for the backward pass, c and tanh(c):
-// [time, batch, units] and the activated gates: [time, batch, 4·units].
+// bias: [4·units] → h: [time, batch, units] of every step (tf_rnn.fused hands Keras h[-1] or the transpose);
+// for the backward pass, c and tanh(c): [time, batch, units] and the activated gates: [time, batch, 4·units].
 REGISTER_OP("TfRnnLstmForward")
     .Input("x: float")
     .Input("kernel: float")
@@ -202,9 +204,9 @@ REGISTER_OP("TfRnnLstmForward")
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(0), 3, &x));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
       auto batch = ctx->Dim(x, 0), time = ctx->Dim(x, 1);
-      ctx->set_output(0, ctx->MakeShape({batch, time, ctx->Dim(u, 0)}));
-      ctx->set_output(1, ctx->MakeShape({time, batch, ctx->Dim(u, 0)}));
-      ctx->set_output(2, ctx->output(1));
+      ctx->set_output(0, ctx->MakeShape({time, batch, ctx->Dim(u, 0)}));
+      ctx->set_output(1, ctx->output(0));
+      ctx->set_output(2, ctx->output(0));
       ctx->set_output(3, ctx->MakeShape({time, batch, ctx->Dim(u, 1)}));
       return absl::OkStatus();
     });
@@ -302,7 +304,7 @@ class Forward : public OpKernel {
     OP_REQUIRES(ctx, bias.dims() == 1 && bias.dim_size(0) == G,
                 errors::InvalidArgument("tf_rnn LSTM op: bias must be [4·units]; got ", bias.shape().DebugString()));
     Tensor *h, *c, *tanh_c, *g;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({Bt, T, U}), &h));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({T, Bt, U}), &h));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({T, Bt, U}), &c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &tanh_c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({T, Bt, G}), &g));
@@ -321,12 +323,12 @@ class Forward : public OpKernel {
         for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
         const Term xw{A{xp + (lo * T + t) * F, T * F, 1}, wp};
         if (t)
-          Gemm({xw, Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up}}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm({xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U, 1}, up}}, hi - lo, z, G, /*acc_in=*/true);
         else
           Gemm({xw}, hi - lo, z, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
-          Arr zr(gp + row * G, G), co(cp + row * U, U), tc(tcp + row * U, U), ho(hp + (b * T + t) * U, U);
+          Arr zr(gp + row * G, G), co(cp + row * U, U), tc(tcp + row * U, U), ho(hp + row * U, U);
           zr.head(2 * U) = zr.head(2 * U).unaryExpr(logistic);
           zr.segment(2 * U, U) = zr.segment(2 * U, U).tanh();
           zr.tail(U) = zr.tail(U).unaryExpr(logistic);
@@ -347,7 +349,7 @@ class Backward : public OpKernel {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &c = ctx->input(4), &tanh_c = ctx->input(5), &g = ctx->input(6);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
-                                    {{&dh, 1, false, true}, {&h, 1, false}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
+                                    {{&dh, 1, false, true}, {&h, 1, true}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -406,9 +408,9 @@ class Backward : public OpKernel {
             std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
         }
         const B dz_t{dz_pack, kPanel, pack_stride, m, G};
-        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
+        Gemm({Term{Transposed(xp + (lo * T + t) * F, T * F, m, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
+          Gemm({Term{Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
           Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
         }
       }
@@ -437,7 +439,7 @@ REGISTER_OP("TfRnnGruForward")
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(0), 3, &x));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &u));
       auto batch = ctx->Dim(x, 0), time = ctx->Dim(x, 1);
-      ctx->set_output(0, ctx->MakeShape({batch, time, ctx->Dim(u, 0)}));
+      ctx->set_output(0, ctx->MakeShape({time, batch, ctx->Dim(u, 0)}));
       ctx->set_output(1, ctx->MakeShape({time, batch, ctx->Dim(u, 1)}));
       ctx->set_output(2, ctx->MakeShape({time, batch, ctx->Dim(u, 0)}));
       return absl::OkStatus();
@@ -478,7 +480,7 @@ class GruForward : public OpKernel {
     OP_REQUIRES(ctx, bias.dims() == 2 && bias.dim_size(0) == 2 && bias.dim_size(1) == G,
                 errors::InvalidArgument("tf_rnn GRU op: bias must be [2, 3·units]; got ", bias.shape().DebugString()));
     Tensor *h, *g, *qh;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({Bt, T, U}), &h));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({T, Bt, U}), &h));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({T, Bt, G}), &g));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &qh));
     if (Bt * T == 0) return;
@@ -500,15 +502,15 @@ class GruForward : public OpKernel {
           std::copy(b_rec, b_rec + G, q + (b - lo) * G);
         }
         Gemm({Term{A{xp + (lo * T + t) * F, T * F, 1}, wp}}, hi - lo, a, G, /*acc_in=*/true);
-        if (t) Gemm({Term{A{hp + (lo * T + t - 1) * U, T * U, 1}, up}}, hi - lo, q, G, /*acc_in=*/true);
+        if (t) Gemm({Term{A{hp + ((t - 1) * Bt + lo) * U, U, 1}, up}}, hi - lo, q, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
-          Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + (b * T + t) * U, U);
+          Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + row * U, U);
           Arr(qhp + row * U, U) = qr.tail(U);
           ar.head(2 * U) = (ar.head(2 * U) + qr.head(2 * U)).unaryExpr(logistic);  // z, r
           ar.tail(U) = (ar.tail(U) + ar.segment(U, U) * qr.tail(U)).tanh();         // n
           if (t)
-            ho = ar.head(U) * CArr(hp + (b * T + t - 1) * U, U) + (1.f - ar.head(U)) * ar.tail(U);
+            ho = ar.head(U) * CArr(hp + (row - Bt) * U, U) + (1.f - ar.head(U)) * ar.tail(U);
           else
             ho = (1.f - ar.head(U)) * ar.tail(U);
         }
@@ -524,7 +526,7 @@ class GruBackward : public OpKernel {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &g = ctx->input(4), &qh = ctx->input(5);
     OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr,
-                                    {{&dh, 1, false, true}, {&h, 1, false}, {&g, 3, true}, {&qh, 1, true}}));
+                                    {{&dh, 1, false, true}, {&h, 1, true}, {&g, 3, true}, {&qh, 1, true}}));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -565,7 +567,7 @@ class GruBackward : public OpKernel {
           if (const float* d = from_outside(b, t)) dhn += CArr(d, U);  // h_t's whole gradient: time and outside.
           dz_r.tail(U) = dhn * (1.f - z) * (1.f - n * n);                        // d a_h
           if (t)
-            dz_r.head(U) = dhn * (CArr(hp + (b * T + t - 1) * U, U) - n) * z * (1.f - z);  // d a_z
+            dz_r.head(U) = dhn * (CArr(hp + (row - Bt) * U, U) - n) * z * (1.f - z);  // d a_z
           else
             dz_r.head(U) = -dhn * n * z * (1.f - z);
           dz_r.segment(U, U) = dz_r.tail(U) * q_h * r * (1.f - r);             // d a_r
@@ -583,10 +585,10 @@ class GruBackward : public OpKernel {
             std::copy_n(e + j, cols, &dq_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
           }
         }
-        Gemm({Term{Transposed(xp, lo, hi, t, T, F, scratch), B{dz_pack, kPanel, pack_stride, m, G}}}, F, sw, G,
+        Gemm({Term{Transposed(xp + (lo * T + t) * F, T * F, m, F, scratch), B{dz_pack, kPanel, pack_stride, m, G}}}, F, sw, G,
              /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          Gemm({Term{Transposed(hp, lo, hi, t - 1, T, U, scratch), B{dq_pack, kPanel, pack_stride, m, G}}}, U, su, G,
+          Gemm({Term{Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, scratch), B{dq_pack, kPanel, pack_stride, m, G}}}, U, su, G,
                /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
           Gemm({Term{A{dq, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
         }
