@@ -44,13 +44,15 @@ static const Eigen::internal::scalar_logistic_op<float> logistic;
 // path must stay a separate function from the portable one: inlined together, GCC spills the accumulators.
 constexpr int kPanel = 16, kRows = 6;
 
-struct A {  // a(r, q) = p[r * rs + q * qs]: a matrix or its transpose, anywhere in a sequence.
+// Both operands have unit stride along k, and the strides the inner loop steps by are compile-time constants:
+// with runtime strides it spent as many instructions on addresses as on FMAs.
+struct A {  // a(r, q) = p[r * rs + q]: rows of a matrix anywhere in a sequence.
   const float* p;
-  int64_t rs, qs;
+  int64_t rs;
 };
-struct B {  // Columns [s·kPanel, s·kPanel + kPanel) of b(q, ·) start at p + s * ps + q * qs.
+struct B {  // Columns [s·kPanel, s·kPanel + kPanel) of b(q, ·) start at p + s * ps + q * kPanel.
   const float* p;
-  int64_t qs, ps, k, n;
+  int64_t ps, k, n;
 };
 
 // Every buffer comes from TensorFlow's allocator (allocate_temp): running out of memory is then an error the
@@ -68,7 +70,7 @@ static B Pack(const float* w, int64_t k, int64_t n, int64_t qs, int64_t js, floa
   std::fill(buf, buf + PackedSize(k, n), 0.f);
   for (int64_t q = 0; q < k; ++q)
     for (int64_t j = 0; j < n; ++j) buf[(j / kPanel * k + q) * kPanel + j % kPanel] = w[q * qs + j * js];
-  return B{buf, kPanel, k * kPanel, k, n};
+  return B{buf, k * kPanel, k, n};
 }
 
 // A product term a[m×k] · b[k×n]; a product is the sum of one or two terms (x·W + h·U in one pass over c).
@@ -88,7 +90,7 @@ static void BlockPortable(const Term* terms, int nterms, int64_t s, int64_t r0, 
     const float* b = terms[n].b.p + s * terms[n].b.ps;
     for (int64_t q = 0; q < terms[n].b.k; ++q)
       for (int r = 0; r < R; ++r)
-        for (int j = 0; j < cols; ++j) acc[r][j] += a.p[(r0 + r) * a.rs + q * a.qs] * b[q * terms[n].b.qs + j];
+        for (int j = 0; j < cols; ++j) acc[r][j] += a.p[(r0 + r) * a.rs + q] * b[q * kPanel + j];
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < cols; ++j) c[r * ldc + j] = acc[r][j];
@@ -101,13 +103,15 @@ static void Block(const Term* terms, int nterms, int64_t s, int64_t r0, float* c
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < 2; ++h) acc[r][h] = acc_in ? _mm256_loadu_ps(c + r * ldc + 8 * h) : _mm256_setzero_ps();
   for (int n = 0; n < nterms; ++n) {
-    const float* a = terms[n].a.p + r0 * terms[n].a.rs;
-    const int64_t rs = terms[n].a.rs, as = terms[n].a.qs, k = terms[n].b.k, bs = terms[n].b.qs;
+    const float* a[R];  // One pointer per row: a row's q-th element is then one base + index address.
+    for (int r = 0; r < R; ++r) a[r] = terms[n].a.p + (r0 + r) * terms[n].a.rs;
+    const int64_t k = terms[n].b.k;
     const float* b = terms[n].b.p + s * terms[n].b.ps;
-    for (int64_t q = 0; q < k; ++q) {
-      const __m256 b0 = _mm256_loadu_ps(b + q * bs), b1 = _mm256_loadu_ps(b + q * bs + 8);
+#pragma GCC unroll 4
+    for (int64_t q = 0; q < k; ++q, b += kPanel) {
+      const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
       for (int r = 0; r < R; ++r) {
-        const __m256 x = _mm256_broadcast_ss(a + r * rs + q * as);
+        const __m256 x = _mm256_broadcast_ss(a[r] + q);
         acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
         acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
       }
@@ -182,7 +186,7 @@ static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width
   const int64_t ld = m + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
   for (int64_t b = 0; b < m; ++b)
     for (int64_t w = 0; w < width; ++w) scratch[w * ld + b] = first[b * stride + w];
-  return A{scratch, ld, 1};
+  return A{scratch, ld};
 }
 
 // ---- The ops. ---------------------------------------------------------------------------------------------
@@ -321,9 +325,9 @@ class Forward : public OpKernel {
       for (int64_t t = 0; t < T; ++t) {
         float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
         for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
-        const Term xw{A{xp + (lo * T + t) * F, T * F, 1}, wp};
+        const Term xw{A{xp + (lo * T + t) * F, T * F}, wp};
         if (t)
-          Gemm({xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U, 1}, up}}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm({xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, z, G, /*acc_in=*/true);
         else
           Gemm({xw}, hi - lo, z, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
@@ -407,11 +411,11 @@ class Backward : public OpKernel {
           for (int64_t j = 0; j < G; j += kPanel)
             std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
         }
-        const B dz_t{dz_pack, kPanel, pack_stride, m, G};
+        const B dz_t{dz_pack, pack_stride, m, G};
         Gemm({Term{Transposed(xp + (lo * T + t) * F, T * F, m, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
           Gemm({Term{Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
-          Gemm({Term{A{dzp + (t * Bt + lo) * G, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
+          Gemm({Term{A{dzp + (t * Bt + lo) * G, G}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
         }
       }
     });
@@ -501,8 +505,8 @@ class GruForward : public OpKernel {
           std::copy(b_in, b_in + G, a + (b - lo) * G);
           std::copy(b_rec, b_rec + G, q + (b - lo) * G);
         }
-        Gemm({Term{A{xp + (lo * T + t) * F, T * F, 1}, wp}}, hi - lo, a, G, /*acc_in=*/true);
-        if (t) Gemm({Term{A{hp + ((t - 1) * Bt + lo) * U, U, 1}, up}}, hi - lo, q, G, /*acc_in=*/true);
+        Gemm({Term{A{xp + (lo * T + t) * F, T * F}, wp}}, hi - lo, a, G, /*acc_in=*/true);
+        if (t) Gemm({Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, q, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
           Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + row * U, U);
@@ -585,12 +589,12 @@ class GruBackward : public OpKernel {
             std::copy_n(e + j, cols, &dq_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
           }
         }
-        Gemm({Term{Transposed(xp + (lo * T + t) * F, T * F, m, F, scratch), B{dz_pack, kPanel, pack_stride, m, G}}}, F, sw, G,
+        Gemm({Term{Transposed(xp + (lo * T + t) * F, T * F, m, F, scratch), B{dz_pack, pack_stride, m, G}}}, F, sw, G,
              /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
-          Gemm({Term{Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, scratch), B{dq_pack, kPanel, pack_stride, m, G}}}, U, su, G,
+          Gemm({Term{Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, scratch), B{dq_pack, pack_stride, m, G}}}, U, su, G,
                /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
-          Gemm({Term{A{dq, G, 1}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
+          Gemm({Term{A{dq, G}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
         }
       }
     });
