@@ -78,6 +78,9 @@ BUGS = [
  ("kernel A/B renames only REGISTER_OP", "benchmarks/kernel_ab.py", """re.subn(r'"TfRnn(\\w+)"', rf'"TfRnn{tag}\\1"', source)""", """re.subn(r'OP\\("TfRnn(\\w+)"', rf'OP("TfRnn{tag}\\1"', source)""", "tests/test_benchmarks.py"),
  ("fma peak: best repeat, not the median", "benchmarks/fma_peak.py", "round(statistics.median(v), 1)", "round(max(v), 1)", "tests/test_benchmarks.py -k fma_peak"),
  ("compile failure named by its last error", "tf_rnn/fused.py", "    return errors[0].strip()", "    return errors[-1].strip()", "tests/test_fused.py -k first_error_line"),
+ ("time-major h sliced as batch-major", "tf_rnn/fused.py", "(h[-1] if last_only else", "(h[:, -1] if last_only else", "tests/test_fused.py -k 'equals_keras and False'"),
+ ("GRU's h_prev one row back, not one step", "tf_rnn/kernels/rnn_sequence.cc", "ho = ar.head(U) * CArr(hp + (row - Bt) * U, U)", "ho = ar.head(U) * CArr(hp + (row - 1) * U, U)", "tests/test_fused.py -k 'equals_keras and gru'"),
+ ("micro-kernel steps b by half a panel", "tf_rnn/kernels/rnn_sequence.cc", "for (int64_t q = 0; q < k; ++q, b += kPanel) {", "for (int64_t q = 0; q < k; ++q, b += kPanel / 2) {", "tests/test_fused.py -k 'equals_keras and lstm'"),
 ]
 
 
