@@ -346,6 +346,26 @@ class Forward : public OpKernel {
   }
 };
 
+// One row of one step of the LSTM's backward arithmetic, in one pass over its units: z its activated gates
+// (i, f, g, o), tc = tanh(c), dh the gradient reaching h along time, d_out from outside (Outside), dc the one
+// reaching c along time (updated in place for the step before) → dz [4·units]. As Eigen array expressions it
+// was eight passes over the row, each loading its operands again.
+template <bool Outside, bool First>
+static void LstmRowBackward(int64_t U, const float* __restrict z, const float* __restrict tc,
+                            const float* __restrict c_prev, const float* __restrict d_out, const float* __restrict dh,
+                            float* __restrict dc, float* __restrict dz) {
+  for (int64_t j = 0; j < U; ++j) {
+    const float i = z[j], f = z[U + j], g = z[2 * U + j], o = z[3 * U + j], t = tc[j];
+    const float dhj = Outside ? dh[j] + d_out[j] : dh[j];  // h_t's whole gradient: time and outside.
+    const float dct = dc[j] + dhj * o * (1.f - t * t);     // No tanh here: the forward pass kept tanh(c).
+    dz[j] = dct * g * i * (1.f - i);
+    dz[U + j] = First ? 0.f : dct * c_prev[j] * f * (1.f - f);
+    dz[2 * U + j] = dct * i * (1.f - g * g);
+    dz[3 * U + j] = dhj * t * o * (1.f - o);
+    dc[j] = dct * f;
+  }
+}
+
 class Backward : public OpKernel {
  public:
   explicit Backward(OpKernelConstruction* c) : OpKernel(c) {}
@@ -370,10 +390,10 @@ class Backward : public OpKernel {
     float* dzp = dz->flat<float>().data();
     // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] (added up at
     // the end, in block order), the gradients flowing back along time into its rows (into h through U, and into
-    // c), dz_t packed in panels, a transpose buffer and one row of dc. Sizes for a full block of kGradRows rows.
+    // c), dz_t packed in panels and a transpose buffer. Sizes for a full block of kGradRows rows.
     const int64_t sums_size = (F + U + 1) * G, max_stride = (kGradRows + 1) * kPanel,
                   pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
-                  per_block = sums_size + 2 * kGradRows * U + pack_size + scratch_size + U;
+                  per_block = sums_size + 2 * kGradRows * U + pack_size + scratch_size;
     const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
     Tensor work_buf;
     float* work;
@@ -385,27 +405,18 @@ class Backward : public OpKernel {
       const int64_t m = hi - lo;
       float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
             *scratch = dz_pack + pack_size;
-      Arr dct(scratch + scratch_size, U);
       // dz_t's panels are one row more than m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) they would
       // share L1 cache sets and evict each other.
       const int64_t pack_stride = (m + 1) * kPanel;
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
-          CArr z(gp + row * G, G), tc(tcp + row * U, U);
-          Arr dz_r(dzp + row * G, G), dc_r(dc + (b - lo) * U, U), dhn(dh_next + (b - lo) * U, U);
-          auto i = z.head(U), f = z.segment(U, U), gg = z.segment(2 * U, U), o = z.tail(U);
-          if (const float* d = from_outside(b, t)) dhn += CArr(d, U);  // h_t's whole gradient: time and outside.
-          dct = dc_r + dhn * o * (1.f - tc * tc);  // No tanh here: the forward pass kept tanh(c).
-          dz_r.head(U) = dct * gg * i * (1.f - i);
-          if (t)
-            dz_r.segment(U, U) = dct * CArr(cp + (row - Bt) * U, U) * f * (1.f - f);
-          else
-            dz_r.segment(U, U).setZero();
-          dz_r.segment(2 * U, U) = dct * i * (1.f - gg * gg);
-          dz_r.tail(U) = dhn * tc * o * (1.f - o);
-          dc_r = dct * f;
-          const float* d = dz_r.data();
+          const float* out = from_outside(b, t);
+          auto row_backward = out ? (t ? LstmRowBackward<true, false> : LstmRowBackward<true, true>)
+                                  : (t ? LstmRowBackward<false, false> : LstmRowBackward<false, true>);
+          row_backward(U, gp + row * G, tcp + row * U, t ? cp + (row - Bt) * U : nullptr, out,
+                       dh_next + (b - lo) * U, dc + (b - lo) * U, dzp + row * G);
+          const float* d = dzp + row * G;
           for (int64_t j = 0; j < G; ++j) sb[j] += d[j];
           // dz_t is the b of two products below: packed while its row is in cache.
           for (int64_t j = 0; j < G; j += kPanel)
@@ -523,6 +534,27 @@ class GruForward : public OpKernel {
   }
 };
 
+// One row of one step of the GRU's backward arithmetic, in one pass (as LstmRowBackward): g its activated gates
+// (z, r, n), q_h its h_prev·U_h + b_rec_h, dh the gradient reaching h along time (replaced by the part that goes
+// straight on to h_prev; dq·Uᵀ is added to it after) → dz, the gradient of x·W + b_in, and dq, of q, [3·units].
+template <bool Outside, bool First>
+static void GruRowBackward(int64_t U, const float* __restrict g, const float* __restrict q_h,
+                           const float* __restrict h_prev, const float* __restrict d_out, float* __restrict dh,
+                           float* __restrict dz, float* __restrict dq) {
+  for (int64_t j = 0; j < U; ++j) {
+    const float z = g[j], r = g[U + j], n = g[2 * U + j];
+    const float dhj = Outside ? dh[j] + d_out[j] : dh[j];  // h_t's whole gradient: time and outside.
+    const float da_h = dhj * (1.f - z) * (1.f - n * n);
+    const float da_z = First ? -dhj * n * z * (1.f - z) : dhj * (h_prev[j] - n) * z * (1.f - z);
+    const float da_r = da_h * q_h[j] * r * (1.f - r);
+    dz[j] = dq[j] = da_z;  // q_z, q_r enter like a_z, a_r ...
+    dz[U + j] = dq[U + j] = da_r;
+    dz[2 * U + j] = da_h;
+    dq[2 * U + j] = da_h * r;  // ... q_h is scaled by r.
+    dh[j] = dhj * z;  // The direct path h_prev → h.
+  }
+}
+
 class GruBackward : public OpKernel {
  public:
   explicit GruBackward(OpKernelConstruction* c) : OpKernel(c) {}
@@ -565,20 +597,12 @@ class GruBackward : public OpKernel {
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
-          CArr gr(gp + row * G, G), q_h(qhp + row * U, U);
-          auto z = gr.head(U), r = gr.segment(U, U), n = gr.tail(U);
-          Arr dz_r(dzp + row * G, G), dq_r(dq + (b - lo) * G, G), dhn(dh_next + (b - lo) * U, U);
-          if (const float* d = from_outside(b, t)) dhn += CArr(d, U);  // h_t's whole gradient: time and outside.
-          dz_r.tail(U) = dhn * (1.f - z) * (1.f - n * n);                        // d a_h
-          if (t)
-            dz_r.head(U) = dhn * (CArr(hp + (row - Bt) * U, U) - n) * z * (1.f - z);  // d a_z
-          else
-            dz_r.head(U) = -dhn * n * z * (1.f - z);
-          dz_r.segment(U, U) = dz_r.tail(U) * q_h * r * (1.f - r);             // d a_r
-          dq_r.head(2 * U) = dz_r.head(2 * U);                                   // q_z, q_r enter like a_z, a_r
-          dq_r.tail(U) = dz_r.tail(U) * r;                                       // q_h is scaled by r
-          dhn *= z;  // The direct path h_prev → h; dq·Uᵀ is added below.
-          const float *d = dz_r.data(), *e = dq_r.data();
+          const float* out = from_outside(b, t);
+          auto row_backward = out ? (t ? GruRowBackward<true, false> : GruRowBackward<true, true>)
+                                  : (t ? GruRowBackward<false, false> : GruRowBackward<false, true>);
+          row_backward(U, gp + row * G, qhp + row * U, t ? hp + (row - Bt) * U : nullptr, out, dh_next + (b - lo) * U,
+                       dzp + row * G, dq + (b - lo) * G);
+          const float *d = dzp + row * G, *e = dq + (b - lo) * G;
           for (int64_t j = 0; j < G; ++j) {
             sb_in[j] += d[j];
             sb_rec[j] += e[j];
