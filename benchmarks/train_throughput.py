@@ -6,7 +6,8 @@
 Contenders, each measured in its own fresh process (TensorFlow's and PyTorch's thread pools never share one),
 alternating round-robin so that a noisy neighbour hurts all of them alike (`--cell gru`: the same with GRU(128)):
 
-- `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`,
+- `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`
+                   with the steps per execution `python -m tf_rnn.train` uses (10 for the seed preset),
                    its recurrent layer through `tf_rnn.fused` (the default on a CPU);
 - `tf_rnn_keras` — the same with `TF_RNN_FUSED=0`: Keras' own layer inside tf_rnn's model and pipeline;
 - `keras_stock`  — a stock `keras.layers.LSTM(128)` (or `GRU`) + `Dense(10)` model, `fit` on NumPy arrays;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -67,19 +69,28 @@ def run_tf_rnn(warmup, steps, cell, keras_stock=False):
                       metrics=["accuracy"])
         fit = dict(x=x.astype("float32") / 255, y=y, batch_size=BATCH)
     else:
-        from tf_rnn import data
+        from tf_rnn import data, train
         from tf_rnn.config import resolve
         from tf_rnn.models import build_model
 
-        model = build_model(resolve("seed", overrides={"cell": cell}))
-        fit = dict(x=data.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH)
+        config = resolve("seed", overrides={"cell": cell})
+        # Steps per execution as `python -m tf_rnn.train` runs the seed preset (its epoch: the 55,000 images left
+        # after validation). The epoch here only has to outlast the measurement and be a whole number of executions.
+        (x_train, _), _ = data.split_validation(x, y, config.validation_split, config.seed)
+        per_call = train.execution_steps(config.steps_per_execution, math.ceil(len(x_train) / BATCH))
+        model = build_model(config, steps_per_execution=per_call)
+        fit = dict(x=data.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH // per_call * per_call)
 
     class Clock(keras.callbacks.Callback):
+        """Times whole executions, from the first that ends at or after `warmup` optimizer steps to the first that
+        ends at or after `warmup + steps` (with one step per execution: exactly those steps)."""
+
         def on_train_batch_end(self, batch, logs=None):
-            if batch + 1 == warmup:
-                self.start = time.perf_counter()
-            elif batch + 1 == warmup + steps:
-                self.rate = steps * BATCH / (time.perf_counter() - self.start)
+            done, now = int(self.model.optimizer.iterations.numpy()), time.perf_counter()  # Steps really run.
+            if not hasattr(self, "start") and done >= warmup:
+                self.start, self.first = now, done
+            elif hasattr(self, "start") and done >= warmup + steps:
+                self.rate = (done - self.first) * BATCH / (now - self.start)
                 self.model.stop_training = True
 
     clock = Clock()

@@ -106,7 +106,7 @@ class Kill(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if (job == "train" and step == when) or (job == "tune" and Kill.fits == when):
+        if (job == "train" and step >= when) or (job == "tune" and Kill.fits == when):
             print(f"KILLED at step {step} of fit {Kill.fits}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -99,20 +99,46 @@ def test_epoch_seconds_come_from_the_clock(tmp_path):
     assert state.epoch_seconds == [2.5, 1.0]
 
 
+class Steps:
+    """A model stand-in whose optimizer has run `n` steps (all the throughput callback reads from the model)."""
+
+    def __init__(self):
+        self.n = 0
+        self.optimizer = type("Opt", (), {"iterations": type("It", (), {"numpy": lambda _: self.n})()})()
+
+
+def play_throughput(cb, steps, epochs):
+    """Drives `cb` as fit does: per epoch, per execution, `(last batch index in the epoch, optimizer steps)`."""
+    cb.set_model(steps)
+    for epoch, executions in enumerate(epochs):
+        cb.on_epoch_begin(epoch)
+        for batch, done in executions:
+            steps.n = done
+            cb.on_train_batch_end(batch)
+
+
 def test_throughput_from_known_timings():
     # 5 steps per epoch, batches of 10, 47 training samples: the last batch of each epoch holds 7.
     # Epoch 1 skips 3 warm-up batches (tracing), later epochs 1; validation time is never counted.
     ends = {0: [0.0, 5.0, 6.0, 7.0, 9.0], 1: [100.0, 101.0, 102.5, 104.0, 105.0]}
     clock = iter(ends[0] + ends[1])
     cb = callbacks.Throughput(global_batch=10, train_examples=47, steps_per_epoch=5, clock=lambda: next(clock))
-    for epoch in (0, 1):
-        cb.on_epoch_begin(epoch)
-        for batch in range(5):
-            cb.on_train_batch_end(batch)
+    play_throughput(cb, Steps(), [[(b, b + 1) for b in range(5)], [(b, b + 6) for b in range(5)]])
     # Counted: epoch 1 batches 4-5 (10 + 7 samples from 6.0, the end of batch 3, to 9.0), epoch 2 batches 2-5
     # (37 samples from 100.0 to 105.0): 54 samples in 8 s.
     assert cb.samples == 54 and cb.seconds == pytest.approx(8.0)
     assert cb.samples_per_second == pytest.approx(6.75)
+
+
+def test_throughput_with_several_steps_per_execution_and_a_budget_mid_execution():
+    # 6 steps per epoch in executions of 3, batches of 10, 57 samples (the epoch's last batch holds 7); the budget
+    # of 10 steps ends the run 1 step into epoch 2's second execution, which Keras still reports as batch 5.
+    clock = iter([0.0, 4.0, 50.0, 51.0])
+    cb = callbacks.Throughput(global_batch=10, train_examples=57, steps_per_epoch=6, clock=lambda: next(clock))
+    play_throughput(cb, Steps(), [[(2, 3), (5, 6)], [(2, 9), (5, 10)]])
+    # Epoch 1: the first execution is warm-up; steps 4-6 (10 + 10 + 7) in 4 s. Epoch 2: the first execution is
+    # warm-up, then step 10 alone (10 samples) in 1 s.
+    assert cb.samples == 37 and cb.seconds == pytest.approx(5.0)
 
 
 def dropout_model():

@@ -188,17 +188,20 @@ def test_resume_with_other_config_is_refused(tmp_path):
 
 
 class PoisonWeights(keras.callbacks.Callback):
-    """Makes the next loss NaN, as a diverging run would, by writing NaN into the output layer after batch 3."""
+    """Makes the next loss NaN, as a diverging run would, by writing NaN into the output layer once 4 optimizer
+    steps have run (at the end of the execution holding step 4)."""
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == 3:
+        if self.model.optimizer.iterations.numpy() >= 4 and not getattr(self, "done", False):
+            self.done = True
             kernel = self.model.get_layer("logits").kernel
             kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
 
-def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
-    with pytest.raises(train.RunError, match=r"loss became NaN at step 5; lower --lr \(now 0.01\)") as e:
-        run(tmp_path, epochs=3, callbacks=[PoisonWeights()])
+@pytest.mark.parametrize("per_call, where", [(1, "at step 5"), (10, "in steps 6-10")])  # 10 runs as 5 (15 steps).
+def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys, per_call, where):
+    with pytest.raises(train.RunError, match=rf"loss became NaN {where}; lower --lr \(now 0.01\)") as e:
+        run(tmp_path, epochs=3, callbacks=[PoisonWeights()], steps_per_execution=per_call)
     assert "\n" not in str(e.value)
     # In epoch 1 no epoch had finished: the message must not point at a model that holds the NaN weights.
     assert "no epoch finished with a finite loss, so no model was saved" in str(e.value)
@@ -209,8 +212,8 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
 
 class PoisonLater(PoisonWeights):
     def on_train_batch_end(self, batch, logs=None):
-        if self.model.optimizer.iterations.numpy() == 20:  # Epoch 2 of 15 steps each.
-            super().on_train_batch_end(3)
+        if self.model.optimizer.iterations.numpy() >= 20:  # Epoch 2 of 15 steps each.
+            super().on_train_batch_end(batch)
 
 
 def test_nan_after_a_good_epoch_names_the_saved_best_model(tmp_path):
@@ -228,7 +231,7 @@ class KillAtStep(keras.callbacks.Callback):
         self.step = step
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.step:
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:  # The first execution ending there or later.
             raise KeyboardInterrupt
 
 
@@ -248,6 +251,31 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical_to_an_uninterrupted_run
     assert resumed["history"] == straight["history"] and resumed["epochs"] == 3
     assert resumed["best_epoch"] == straight["best_epoch"] and resumed["test_loss"] == straight["test_loss"]
     assert len(resumed["epoch_seconds"]) == 3  # Epoch 1's time survived the restart.
+
+
+@pytest.mark.parametrize("requested, steps_per_epoch, expected",
+                         [(10, 430, 10), (10, 422, 2), (10, 15, 5), (10, 7, 7), (4, 12, 4), (1, 430, 1), (10, 11, 1)])
+def test_execution_steps_is_the_largest_divisor_of_the_epoch_up_to_the_request(requested, steps_per_epoch, expected):
+    assert train.execution_steps(requested, steps_per_epoch) == expected
+
+
+def test_steps_per_execution_changes_speed_not_bits(tmp_path, capsys):
+    # 15 steps per epoch: 10 per execution runs as 5, and the budget of 38 steps ends 3 steps into an execution.
+    one = run(tmp_path, "one", steps=38, steps_per_execution=1, **DEFAULT_LIKE)
+    capsys.readouterr()
+    five = run(tmp_path, "five", steps=38, steps_per_execution=10, **DEFAULT_LIKE)
+    assert "--steps-per-execution 10 runs as 5: it must divide the 15 steps of an epoch" in capsys.readouterr().out
+    assert (one["steps_per_execution"], five["steps_per_execution"]) == (1, 5)
+    assert one["steps"] == five["steps"] == 38  # Not 40: the stream ends at the budget.
+    assert five["weights_sha256"] == one["weights_sha256"] and five["history"] == one["history"]
+    assert five["train_samples_per_second"] > 0
+
+
+def test_a_run_resumes_under_another_steps_per_execution(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "run", callbacks=[KillAtStep(20)], steps_per_execution=1)  # Mid epoch 2.
+    resumed = run(tmp_path, "run", steps_per_execution=5)
+    assert "Resuming from epoch 1" in capsys.readouterr().out and resumed["steps"] == 45
 
 
 def test_metrics_record_the_strategy_that_ran_epoch_times_and_the_schedule_per_epoch(tmp_path):

@@ -145,22 +145,43 @@ class StepBudget(keras.callbacks.Callback):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stops at the first non-finite loss and remembers where, so the run can fail with a clear message."""
+    """Stops at the first non-finite loss and remembers where, so the run can fail with a clear message.
+
+    With several steps per execution the loss is seen once per execution: the NaN is known to lie in its steps,
+    `bad_steps = (first, last)`, not at one of them.
+    """
 
     def __init__(self):
         super().__init__()
-        self.bad_step = None
+        self.bad_steps, self.last_good = None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.last_good is None:  # Here, not at train begin: a resumed run's optimizer is restored by then.
+            self.last_good = optimizer_steps(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.bad_step = optimizer_steps(self.model)
+        if loss is None:
+            return
+        now = optimizer_steps(self.model)
+        if math.isfinite(float(loss)):
+            self.last_good = now
+        else:
+            self.bad_steps = (self.last_good + 1, now)
             self.model.stop_training = True
+
+    def where(self) -> str:
+        """`"at step 5"`, or `"in steps 6-10"` when one execution ran several."""
+        first, last = self.bad_steps
+        return f"at step {last}" if first == last else f"in steps {first}-{last}"
 
 
 class Throughput(keras.callbacks.Callback):
     """Steady-state training samples/s: skips each epoch's first batches (tracing, pipeline warm-up) and excludes
     validation, which runs after the last batch.
+
+    Steps are counted by the optimizer, not by Keras' batch index: with several steps per execution the hook runs
+    once per execution, and the run's last execution may stop short at the step budget.
 
     Args:
       global_batch: samples per step over all replicas.
@@ -176,19 +197,23 @@ class Throughput(keras.callbacks.Callback):
         self.samples, self.seconds, self.first_epoch = 0, 0.0, True
 
     def on_epoch_begin(self, epoch, logs=None):
-        # The first epoch of a process traces the step function: skip 3 batches there, 1 in later epochs.
+        # The first epoch of a process traces the step function: skip 3 batches there, 1 in later epochs (or the
+        # first execution, when it runs more).
         self.warmup = 3 if self.first_epoch else 1
         self.first_epoch, self.start = False, None
 
     def on_train_batch_end(self, batch, logs=None):
-        now = self.clock()
-        if batch + 1 == self.warmup:
-            self.start = now
-        elif self.start is not None:
-            last = batch == self.steps_per_epoch - 1
-            remainder = self.train_examples - (self.steps_per_epoch - 1) * self.global_batch
-            self.samples += remainder if last else self.global_batch
-            self.seconds, self.start = self.seconds + (now - self.start), now
+        now, steps = self.clock(), optimizer_steps(self.model)
+        if self.start is None:
+            if batch + 1 >= self.warmup:
+                self.start, self.steps = now, steps
+            return
+        # Each epoch's last step (a multiple of steps_per_epoch, counted from the run's start) may be short.
+        epoch_ends = steps // self.steps_per_epoch - self.steps // self.steps_per_epoch
+        short = self.global_batch - (self.train_examples - (self.steps_per_epoch - 1) * self.global_batch)
+        self.samples += (steps - self.steps) * self.global_batch - epoch_ends * short
+        self.seconds += now - self.start
+        self.start, self.steps = now, steps
 
     @property
     def samples_per_second(self) -> float | None:

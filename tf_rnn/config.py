@@ -91,10 +91,14 @@ class TrainConfig(JobConfig):
     validation_split: float = flag_field(0.1, "fraction of the training set held out for validation")
     seed: int = flag_field(0, "random seed: the same command twice gives the same metrics on a CPU")
     strategy: str = flag_field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
+    steps_per_execution: int = flag_field(
+        10, "training steps per call into TensorFlow: fewer Python round trips, the same weights; lowered to the "
+        "largest divisor of an epoch's steps (the multi-worker loop runs 1)"
+    )
 
     def __post_init__(self):
         self.check_choices()
-        positive = ("layers", "units", "batch_size", "epochs")
+        positive = ("layers", "units", "batch_size", "epochs", "steps_per_execution")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "must be >= 1")

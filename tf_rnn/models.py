@@ -61,7 +61,9 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def build_model(config: TrainConfig, decay_steps: int | None = None, spec: DataSpec | None = None) -> keras.Model:
+def build_model(
+    config: TrainConfig, decay_steps: int | None = None, spec: DataSpec | None = None, steps_per_execution: int = 1
+) -> keras.Model:
     """Builds and compiles the model for the dataset's task.
 
     `<float32>[batch, T, F]` (images: `[batch, 28, 28]` in [0, 1], read as `config.sequence`) → StackedRNN →
@@ -75,6 +77,8 @@ def build_model(config: TrainConfig, decay_steps: int | None = None, spec: DataS
       decay_steps: total optimizer steps of the run, for the cosine schedule.
       spec: what the dataset is (`datasets.load` returns it); by default the spec of `config.dataset` that needs no
         data (images, adding, copy).
+      steps_per_execution: optimizer steps per call of Keras' train function (`train.execution_steps` picks it:
+        it must divide the epoch's steps).
 
     Returns:
       A compiled model: cross-entropy on logits with an accuracy metric, or MSE with an MAE metric. Build it
@@ -110,5 +114,6 @@ def build_model(config: TrainConfig, decay_steps: int | None = None, spec: DataS
     else:
         name = f"{config.cell}_{config.sequence + '_' if spec.image else ''}{spec.task}"
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=make_optimizer(config, decay_steps), loss=loss, metrics=[metric])
+    model.compile(optimizer=make_optimizer(config, decay_steps), loss=loss, metrics=[metric],
+                  steps_per_execution=steps_per_execution)
     return model

@@ -53,7 +53,8 @@ def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
         old = json.loads(saved.read_text())
         new = config.to_dict()
         # The data folder and the strategy may change between attempts without changing the run itself.
-        ignored = {"data_dir", "strategy"}
+        # So may the steps per execution: the weights are the same bits whatever it is (tests/test_train.py).
+        ignored = {"data_dir", "strategy", "steps_per_execution"}
         changes = config_lib.changed_fields(old, new, ignore=ignored, cls=TrainConfig)
         if changes:
             raise RunError(
@@ -64,6 +65,16 @@ def prepare_workdir(config: TrainConfig, workdir: Path) -> None:
         raise RunError(f"--workdir {workdir} holds a {MODEL_FILE} but no {CONFIG_FILE}; choose a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(saved, config.to_dict())
+
+
+def execution_steps(requested: int, steps_per_epoch: int) -> int:
+    """The largest divisor of `steps_per_epoch` that is at most `requested`.
+
+    Keras runs whole executions (`range(0, steps_per_epoch, steps_per_execution)`, each up to that many steps while
+    data lasts), and our stream is endless: an execution straddling an epoch's end would train on the next
+    epoch's batches inside this one and shift every later epoch.
+    """
+    return max(d for d in range(1, min(requested, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
 
 
 def finished_epochs_in_backup(workdir: Path) -> int | None:
@@ -176,9 +187,17 @@ def train_and_evaluate(
         total_steps = min(total_steps, config.steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
+    custom_loop = needs_custom_loop(strategy)
+    per_call = 1 if custom_loop else execution_steps(config.steps_per_execution, steps_per_epoch)
+    if per_call != config.steps_per_execution and not custom_loop:
+        print(f"--steps-per-execution {config.steps_per_execution} runs as {per_call}: it must divide the "
+              f"{steps_per_epoch} steps of an epoch")
+    # The stream ends where the budget does, so Keras cuts the last execution short instead of overrunning it.
+    train_ds = splits.train.take(max(0, total_steps - (resumed_from or 0) * steps_per_epoch))
+
     fused.prepare(config)  # A first build of the CPU kernel happens here, announced, not inside the first step.
     with strategy.scope():
-        model = build_model(config, decay_steps=total_steps, spec=spec)
+        model = build_model(config, decay_steps=total_steps, spec=spec, steps_per_execution=per_call)
 
     tb_dir = workdir / TENSORBOARD_DIR
     if resumed_from is not None:
@@ -210,14 +229,14 @@ def train_and_evaluate(
     # A progress bar rewrites its line with control characters: right for a terminal, noise in a log file or CI.
     verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
-    if needs_custom_loop(strategy):
+    if custom_loop:
         fit_custom_loop(
-            model, strategy, splits.train, splits.validation,
+            model, strategy, train_ds, splits.validation,
             epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
         )
     else:
         model.fit(
-            splits.train,
+            train_ds,
             validation_data=splits.validation,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
@@ -226,11 +245,11 @@ def train_and_evaluate(
             verbose=verbose,
         )
     train_seconds = time.perf_counter() - start
-    if nan_guard.bad_step is not None:
+    if nan_guard.bad_steps is not None:
         where = (f"the best model so far (epoch {state.best_epoch}) is in {workdir / MODEL_FILE}" if state.best_epoch
                  else "no epoch finished with a finite loss, so no model was saved")
         raise RunError(
-            f"loss became NaN at step {nan_guard.bad_step}; lower --lr (now {config.lr:g}) or add --l2, then rerun "
+            f"loss became NaN {nan_guard.where()}; lower --lr (now {config.lr:g}) or add --l2, then rerun "
             f"with a new --workdir ({where})"
         )
     if not chief:
@@ -254,6 +273,7 @@ def train_and_evaluate(
         train_seconds=round(train_seconds, 2),
         train_samples_per_second=throughput.samples_per_second and round(throughput.samples_per_second, 1),
         num_replicas_in_sync=replicas,
+        steps_per_execution=per_call,
         weights_sha256=weights_digest(model),
         # Every epoch's, including those run before a restart: time to a given accuracy is computable from them.
         history={k: [round(v, 6) for v in vs] for k, vs in state.history.items()},
