@@ -9,7 +9,8 @@ alternating round-robin so that a noisy neighbour hurts all of them alike (`--ce
 - `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`
                    with the steps per execution `python -m tf_rnn.train` uses (10 for the seed preset),
                    its recurrent layer through `tf_rnn.fused` (the default on a CPU);
-- `tf_rnn_keras` — the same with `TF_RNN_FUSED=0`: Keras' own layer inside tf_rnn's model and pipeline;
+- `tf_rnn_1step` — the same with one step per execution (`--steps-per-execution 1`): what the kernel gives alone;
+- `tf_rnn_keras` — `tf_rnn` with `TF_RNN_FUSED=0`: Keras' own layer inside tf_rnn's model and pipeline;
 - `keras_stock`  — a stock `keras.layers.LSTM(128)` (or `GRU`) + `Dense(10)` model, `fit` on NumPy arrays;
 - `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`; LSTM only);
 - `pytorch`      — `torch.nn.LSTM` (or `nn.GRU`) + `Linear`, a plain training loop (skipped when torch is not
@@ -31,7 +32,7 @@ import sys
 import time
 
 BATCH = 128
-CONTENDERS = ("tf_rnn", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
+CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
 GATES = {"lstm": 4, "gru": 3}
 
 
@@ -58,7 +59,7 @@ def _timed(step, warmup: int, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def run_tf_rnn(warmup, steps, cell, keras_stock=False):
+def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False):
     import keras
 
     x, y = _data()
@@ -73,7 +74,7 @@ def run_tf_rnn(warmup, steps, cell, keras_stock=False):
         from tf_rnn.config import resolve
         from tf_rnn.models import build_model
 
-        config = resolve("seed", overrides={"cell": cell})
+        config = resolve("seed", overrides={"cell": cell, **({"steps_per_execution": 1} if one_step else {})})
         # Steps per execution as `python -m tf_rnn.train` runs the seed preset (its epoch: the 55,000 images left
         # after validation). The epoch here only has to outlast the measurement and be a whole number of executions.
         (x_train, _), _ = data.split_validation(x, y, config.validation_split, config.seed)
@@ -172,12 +173,12 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
     elif name == "peak":
         rate = matmul_peak_gflops()
     else:
-        if name == "tf_rnn":
+        if name.startswith("tf_rnn") and name != "tf_rnn_keras":
             from tf_rnn import fused
 
             if not fused.available():  # Else this row would silently measure Keras' layer under tf_rnn's name.
                 raise SystemExit("tf_rnn.fused is unavailable here (the warning above says why)")
-        rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock")
+        rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock", one_step=name == "tf_rnn_1step")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb}))
 
