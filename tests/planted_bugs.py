@@ -82,6 +82,11 @@ BUGS = [
  ("GRU's h_prev one row back, not one step", "tf_rnn/kernels/rnn_sequence.cc", "ho = ar.head(U) * CArr(hp + (row - Bt) * U, U)", "ho = ar.head(U) * CArr(hp + (row - 1) * U, U)", "tests/test_fused.py -k 'equals_keras and gru'"),
  ("LSTM forget-gate gradient without c_prev", "tf_rnn/kernels/rnn_sequence.cc", "dz[U + j] = First ? 0.f : dct * c_prev[j] * f * (1.f - f);", "dz[U + j] = First ? 0.f : dct * f * (1.f - f);", "tests/test_fused.py -k 'equals_keras and lstm'"),
  ("micro-kernel steps b by half a panel", "tf_rnn/kernels/rnn_sequence.cc", "for (int64_t q = 0; q < k; ++q, b += kPanel) {", "for (int64_t q = 0; q < k; ++q, b += kPanel / 2) {", "tests/test_fused.py -k 'equals_keras and lstm'"),
+ ("steps per execution not a divisor", "tf_rnn/train.py", "    return max(d for d in range(1, min(requested, steps_per_epoch) + 1) if steps_per_epoch % d == 0)", "    return requested", "tests/test_train.py -k execution"),
+ ("stream not cut at the step budget", "tf_rnn/train.py", "train_ds = splits.train.take(max(0, total_steps - (resumed_from or 0) * steps_per_epoch))", "train_ds = splits.train", "tests/test_train.py -k steps_per_execution_changes"),
+ ("throughput: every batch counted full", "tf_rnn/callbacks.py", "self.samples += (steps - self.steps) * self.global_batch - epoch_ends * short", "self.samples += (steps - self.steps) * self.global_batch", "tests/test_callbacks.py -k throughput"),
+ ("NaN blamed on an execution's last step", "tf_rnn/callbacks.py", "self.bad_steps = (self.last_good + 1, now)", "self.bad_steps = (now, now)", "tests/test_train.py -k nan"),
+ ("resume refused under another per-call", "tf_rnn/train.py", 'ignored = {"data_dir", "strategy", "steps_per_execution"}', 'ignored = {"data_dir", "strategy"}', "tests/test_train.py -k resumes_under"),
 ]
 
 
