@@ -93,7 +93,7 @@ class TrainConfig(JobConfig):
     strategy: str = flag_field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
     steps_per_execution: int = flag_field(
         10, "training steps per call into TensorFlow: fewer Python round trips, the same weights; lowered to the "
-        "largest divisor of an epoch's steps (the multi-worker loop runs 1)"
+        "largest divisor of an epoch's steps; 1 with several replicas"
     )
 
     def __post_init__(self):

@@ -188,10 +188,15 @@ def train_and_evaluate(
     epochs = math.ceil(total_steps / steps_per_epoch)
 
     custom_loop = needs_custom_loop(strategy)
-    per_call = 1 if custom_loop else execution_steps(config.steps_per_execution, steps_per_epoch)
-    if per_call != config.steps_per_execution and not custom_loop:
-        print(f"--steps-per-execution {config.steps_per_execution} runs as {per_call}: it must divide the "
-              f"{steps_per_epoch} steps of an epoch")
+    if custom_loop or replicas > 1:
+        # Our multi-worker loop steps once per call, and Keras' multi-step loop fails under MirroredStrategy with
+        # several replicas ("You must feed a value for placeholder tensor", keras-team/keras#19246, open).
+        per_call, why = 1, f"{strategy_name(strategy)} with {replicas} replica(s) runs one step per call"
+    else:
+        per_call = execution_steps(config.steps_per_execution, steps_per_epoch)
+        why = f"it must divide the {steps_per_epoch} steps of an epoch"
+    if per_call != config.steps_per_execution:
+        print(f"--steps-per-execution {config.steps_per_execution} runs as {per_call}: {why}")
     # The stream ends where the budget does, so Keras cuts the last execution short instead of overrunning it.
     train_ds = splits.train.take(max(0, total_steps - (resumed_from or 0) * steps_per_epoch))
 
