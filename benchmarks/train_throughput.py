@@ -173,7 +173,7 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
     elif name == "peak":
         rate = matmul_peak_gflops()
     else:
-        if name.startswith("tf_rnn") and name != "tf_rnn_keras":
+        if name in ("tf_rnn", "tf_rnn_1step"):
             from tf_rnn import fused
 
             if not fused.available():  # Else this row would silently measure Keras' layer under tf_rnn's name.

@@ -3,6 +3,7 @@ timings, per-epoch dropout seeds, and the learning-rate schedule the optimizer r
 
 import json
 import math
+import types
 
 import keras
 import numpy as np
@@ -100,11 +101,15 @@ def test_epoch_seconds_come_from_the_clock(tmp_path):
 
 
 class Steps:
-    """A model stand-in whose optimizer has run `n` steps (all the throughput callback reads from the model)."""
+    """A model stand-in whose optimizer has run `n` steps (all the throughput callback reads from the model):
+    `model.optimizer.iterations.numpy()` is `n`."""
 
     def __init__(self):
         self.n = 0
-        self.optimizer = type("Opt", (), {"iterations": type("It", (), {"numpy": lambda _: self.n})()})()
+        self.optimizer = types.SimpleNamespace(iterations=self)
+
+    def numpy(self):
+        return self.n
 
 
 def play_throughput(cb, steps, epochs):
