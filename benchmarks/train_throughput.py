@@ -6,7 +6,7 @@
 Contenders, each measured in its own fresh process (TensorFlow's and PyTorch's thread pools never share one),
 alternating round-robin so that a noisy neighbour hurts all of them alike (`--cell gru`: the same with GRU(128)):
 
-- `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.data.training_stream`
+- `tf_rnn`       — `tf_rnn.models.build_model(seed preset)` trained by `fit` on `tf_rnn.pipeline.training_stream`
                    with the steps per execution `python -m tf_rnn.train` uses (10 for the seed preset),
                    its recurrent layer through `tf_rnn.fused` (the default on a CPU);
 - `tf_rnn_1step` — the same with one step per execution (`--steps-per-execution 1`): what the kernel gives alone;
@@ -70,17 +70,17 @@ def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False):
                       metrics=["accuracy"])
         fit = dict(x=x.astype("float32") / 255, y=y, batch_size=BATCH)
     else:
-        from tf_rnn import data, train
+        from tf_rnn import pipeline, train
         from tf_rnn.config import resolve
         from tf_rnn.models import build_model
 
         config = resolve("seed", overrides={"cell": cell, **({"steps_per_execution": 1} if one_step else {})})
         # Steps per execution as `python -m tf_rnn.train` runs the seed preset (its epoch: the 55,000 images left
         # after validation). The epoch here only has to outlast the measurement and be a whole number of executions.
-        (x_train, _), _ = data.split_validation(x, y, config.validation_split, config.seed)
+        (x_train, _), _ = pipeline.split_validation(x, y, config.validation_split, config.seed)
         per_call = train.execution_steps(config.steps_per_execution, math.ceil(len(x_train) / BATCH))
         model = build_model(config, steps_per_execution=per_call)
-        fit = dict(x=data.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH // per_call * per_call)
+        fit = dict(x=pipeline.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH // per_call * per_call)
 
     class Clock(keras.callbacks.Callback):
         """Times whole executions, from the first that ends at or after `warmup` optimizer steps to the first that

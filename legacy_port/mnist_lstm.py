@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from legacy_port.basic_lstm_cell import BasicLSTMCell
 from tf_rnn import cli
-from tf_rnn import data as tf_rnn_data
+from tf_rnn import datasets as tf_rnn_datasets
+from tf_rnn import pipeline as tf_rnn_pipeline
 from tf_rnn.cli import RunError, UsageError
 from tf_rnn.datasets import IMAGE_DATASETS
 
@@ -56,8 +57,8 @@ class DataSet:
 def read_data_sets(dataset: str, data_dir: str | None, seed: int = 0):
     """FIX(10): `tensorflow.examples.tutorials` is gone; the data comes from tf_rnn.data. Like TF1's reader it
     keeps 5,000 training images aside for validation and leaves the test set whole."""
-    arrays = tf_rnn_data.load(dataset, data_dir)
-    (x_tr, y_tr), _ = tf_rnn_data.split_validation(arrays.x_train, arrays.y_train, 5_000 / 60_000, seed)
+    arrays = tf_rnn_datasets.load_images(dataset, data_dir)
+    (x_tr, y_tr), _ = tf_rnn_pipeline.split_validation(arrays.x_train, arrays.y_train, 5_000 / 60_000, seed)
     return argparse.Namespace(train=DataSet(x_tr, y_tr, seed), test=DataSet(arrays.x_test, arrays.y_test, seed))
 
 

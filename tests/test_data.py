@@ -1,23 +1,25 @@
-"""tf_rnn.data: look-up order, verification and every error path, on small IDX files written by the tests."""
+"""tf_rnn.mnist_files and tf_rnn.pipeline: look-up order, verification and every error path, on small IDX files written by the tests."""
 
+import dataclasses
 import gzip
 import time
 
 import numpy as np
 import pytest
 
-from conftest import idx_bytes, synthetic_arrays, write_idx_dir
-from tf_rnn import data
+from support import idx_bytes, synthetic_arrays, write_idx_dir
+from tf_rnn import datasets, mnist_files, pipeline
+from tf_rnn.arrays import DataError
 
 
 @pytest.fixture(autouse=True)
 def small_counts(monkeypatch):
     # The real files hold 60,000 + 10,000 images; the tests write 600 + 200 and let the count check expect that.
-    monkeypatch.setattr(data, "COUNTS", {"train": 600, "test": 200})
+    monkeypatch.setattr(mnist_files, "COUNTS", {"train": 600, "test": 200})
 
 
 def no_download(spec):
-    raise data.DataError("download failed: network unreachable (test)")
+    raise DataError("download failed: network unreachable (test)")
 
 
 def test_lookup_order_data_dir_env_cache_system_download(isolated_data_env, monkeypatch):
@@ -27,16 +29,16 @@ def test_lookup_order_data_dir_env_cache_system_download(isolated_data_env, monk
     write_idx_dir(root / "env", copies["env"], compress=False)
     write_idx_dir(root / "keras_home" / "datasets" / "mnist", copies["cache"])
     write_idx_dir(root / "system" / "mnist", copies["system"])
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(root / "env"))
+    monkeypatch.setenv(mnist_files.DATA_DIR_ENV, str(root / "env"))
     downloaded = lambda spec: copies["net"]  # noqa: E731
 
     def loaded_from(**kwargs):
-        got = data.load("mnist", download=downloaded, **kwargs)
+        got = datasets.load_images("mnist", download=downloaded, **kwargs)
         return next(k for k, v in copies.items() if np.array_equal(v.x_train, got.x_train))
 
     assert loaded_from(data_dir=root / "arg") == "arg"
     assert loaded_from() == "env"
-    monkeypatch.delenv(data.DATA_DIR_ENV)
+    monkeypatch.delenv(mnist_files.DATA_DIR_ENV)
     assert loaded_from() == "cache"
     for f in (root / "keras_home" / "datasets" / "mnist").iterdir():
         f.unlink()
@@ -48,7 +50,7 @@ def test_lookup_order_data_dir_env_cache_system_download(isolated_data_env, monk
 
 def test_loaded_arrays_match_what_was_written(isolated_data_env):
     arrays = synthetic_arrays(seed=3)
-    got = data.load("mnist", data_dir=write_idx_dir(isolated_data_env / "d", arrays), download=False)
+    got = datasets.load_images("mnist", data_dir=write_idx_dir(isolated_data_env / "d", arrays), download=False)
     for a, b in zip(arrays[:4], got[:4]):
         np.testing.assert_array_equal(a, b)
     assert got.x_train.dtype == np.uint8 and got.x_train.shape == (600, 28, 28)
@@ -57,8 +59,8 @@ def test_loaded_arrays_match_what_was_written(isolated_data_env):
 
 def test_nothing_found_lists_every_place_and_fails_fast(isolated_data_env):
     start = time.monotonic()
-    with pytest.raises(data.DataError) as e:
-        data.load("fashion_mnist", download=no_download)
+    with pytest.raises(DataError) as e:
+        datasets.load_images("fashion_mnist", download=no_download)
     assert time.monotonic() - start < 5
     msg = str(e.value)
     assert "\n" not in msg
@@ -73,34 +75,34 @@ def test_keras_download_failure_becomes_data_error(isolated_data_env, monkeypatc
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
-    with pytest.raises(data.DataError, match="download failed: OSError: Temporary failure"):
-        data.load("mnist")
+    with pytest.raises(DataError, match="download failed: OSError: Temporary failure"):
+        datasets.load_images("mnist")
 
 
 def test_missing_data_dir_is_an_error(isolated_data_env):
-    with pytest.raises(data.DataError, match="--data-dir .*nowhere: no such directory"):
-        data.load("mnist", data_dir=isolated_data_env / "nowhere")
+    with pytest.raises(DataError, match="--data-dir .*nowhere: no such directory"):
+        datasets.load_images("mnist", data_dir=isolated_data_env / "nowhere")
 
 
 def test_unknown_dataset():
-    with pytest.raises(data.DataError, match="unknown dataset 'cifar'; choose one of: fashion_mnist, mnist"):
-        data.load("cifar")
+    with pytest.raises(DataError, match="unknown dataset 'cifar'; choose one of: mnist, fashion_mnist, adding, copy, or a PATH.npz"):
+        datasets.load_images("cifar")
 
 
 def test_truncated_gzip_names_the_file(isolated_data_env):
     folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
     bad = folder / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:1000])
-    with pytest.raises(data.DataError, match=f"{bad}: cannot be read"):
-        data.load("mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match=f"{bad}: cannot be read"):
+        datasets.load_images("mnist", data_dir=folder, download=False)
 
 
 def test_truncated_raw_file_names_the_file(isolated_data_env):
     folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays(), compress=False)
     bad = folder / "t10k-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:-784])
-    with pytest.raises(data.DataError, match=f"{bad}: .*bytes of content, expected .*truncated or corrupt"):
-        data.load("mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match=f"{bad}: .*bytes of content, expected .*truncated or corrupt"):
+        datasets.load_images("mnist", data_dir=folder, download=False)
 
 
 @pytest.mark.parametrize(
@@ -116,23 +118,23 @@ def test_truncated_raw_file_names_the_file(isolated_data_env):
 def test_bad_idx_content(isolated_data_env, name, payload, message):
     folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
     (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
-    with pytest.raises(data.DataError, match=message) as e:
-        data.load("mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match=message) as e:
+        datasets.load_images("mnist", data_dir=folder, download=False)
     assert name in str(e.value)
 
 
 def test_partial_folder_names_missing_files(isolated_data_env):
     folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(data.DataError, match="not t10k-labels-idx1-ubyte"):
-        data.load("mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match="not t10k-labels-idx1-ubyte"):
+        datasets.load_images("mnist", data_dir=folder, download=False)
 
 
 def test_fashion_checksum_is_checked_on_decompressed_content(isolated_data_env):
     # Well-formed files that are not Fashion-MNIST: only the content checksum can tell.
     folder = write_idx_dir(isolated_data_env / "d", synthetic_arrays())
-    with pytest.raises(data.DataError, match="checksum mismatch for fashion_mnist"):
-        data.load("fashion_mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match="checksum mismatch for fashion_mnist"):
+        datasets.load_images("fashion_mnist", data_dir=folder, download=False)
 
 
 def test_npz_form_and_its_checks(isolated_data_env):
@@ -141,17 +143,17 @@ def test_npz_form_and_its_checks(isolated_data_env):
     folder.mkdir()
     kw = dict(x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test)
     np.savez(folder / "fashion-mnist.npz", **kw)  # No published digest for this form: structure checks only.
-    np.testing.assert_array_equal(data.load("fashion_mnist", data_dir=folder).x_test, arrays.x_test)
+    np.testing.assert_array_equal(datasets.load_images("fashion_mnist", data_dir=folder).x_test, arrays.x_test)
     np.savez(folder / "mnist.npz", **kw)  # Keras' mnist.npz has a known digest, which this copy fails.
-    with pytest.raises(data.DataError, match="mnist.npz: checksum mismatch for mnist"):
-        data.load("mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match="mnist.npz: checksum mismatch for mnist"):
+        datasets.load_images("mnist", data_dir=folder, download=False)
     np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train)
-    with pytest.raises(data.DataError, match="not a valid dataset .npz"):
-        data.load("fashion_mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match="not a valid dataset .npz"):
+        datasets.load_images("fashion_mnist", data_dir=folder, download=False)
 
 
 def test_pipelines_scale_split_and_keep_every_test_image(tiny):
-    splits = data.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
+    splits = pipeline.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
     assert (splits.train_examples, splits.validation_examples, splits.test_examples) == (450, 150, 200)
     x, y = next(iter(splits.train))
     assert x.dtype.name == "float32" and x.shape == (64, 28, 28) and float(x.numpy().max()) <= 1.0
@@ -162,32 +164,32 @@ def test_pipelines_scale_split_and_keep_every_test_image(tiny):
     val_imgs = {bytes(b) for xb, _ in splits.validation for b in (xb.numpy() * 255).round().astype(np.uint8)}
     assert not train_imgs & val_imgs and len(train_imgs | val_imgs) == 600
     assert sum(int(b[0].shape[0]) for b in splits.train.take(8)) == 450  # One epoch = 8 batches, last one short.
-    again = data.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
+    again = pipeline.make_splits(tiny, batch_size=64, validation_split=0.25, seed=1)
     np.testing.assert_array_equal(next(iter(again.validation))[0], next(iter(splits.validation))[0])
 
 
 def test_shuffle_is_seeded(tiny):
-    first = [next(iter(data.make_splits(tiny, 32, 0.1, seed=s).train))[1].numpy() for s in (7, 7, 8)]
+    first = [next(iter(pipeline.make_splits(tiny, 32, 0.1, seed=s).train))[1].numpy() for s in (7, 7, 8)]
     np.testing.assert_array_equal(first[0], first[1])
     assert not np.array_equal(first[0], first[2])
 
 
 def test_real_fashion_mnist_loads_and_verifies(fashion_dir, isolated_data_env, monkeypatch):
-    monkeypatch.setattr(data, "COUNTS", {"train": 60_000, "test": 10_000})
-    arrays = data.load("fashion_mnist", data_dir=fashion_dir, download=False)
+    monkeypatch.setattr(mnist_files, "COUNTS", {"train": 60_000, "test": 10_000})
+    arrays = datasets.load_images("fashion_mnist", data_dir=fashion_dir, download=False)
     assert arrays.x_train.shape == (60_000, 28, 28) and arrays.x_test.shape == (10_000, 28, 28)
     assert np.bincount(arrays.y_test).tolist() == [1000] * 10  # Fashion-MNIST's test set is balanced.
 
 
 def test_hflip_mirrors_a_seeded_half_of_the_training_images(tiny):
-    plain = data.make_splits(tiny, 600, 0.0, seed=2).train
-    flipped = data.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train
+    plain = pipeline.make_splits(tiny, 600, 0.0, seed=2).train
+    flipped = pipeline.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train
     (xp, yp), (xf, yf) = next(iter(plain)), next(iter(flipped))
     np.testing.assert_array_equal(yp, yf)  # Same order: flipping does not change the shuffle.
     same = np.all(xp.numpy() == xf.numpy(), axis=(1, 2))
     mirrored = np.all(xp.numpy()[:, :, ::-1] == xf.numpy(), axis=(1, 2))
     assert np.all(same | mirrored) and 0.4 < mirrored.mean() < 0.6
-    again = next(iter(data.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train))[0]
+    again = next(iter(pipeline.make_splits(tiny, 600, 0.0, seed=2, hflip=True).train))[0]
     np.testing.assert_array_equal(again, xf)
 
 
@@ -197,35 +199,38 @@ def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def with_files(monkeypatch, name, **changes):
+    """The registry entry of `name` with its files' identity changed, for this test only."""
+    entry = datasets.REGISTRY[name]
+    monkeypatch.setitem(datasets.REGISTRY, name,
+                        dataclasses.replace(entry, files=dataclasses.replace(entry.files, **changes)))
+
+
 def test_fashion_files_are_refused_for_mnist_and_mnist_npz_for_fashion(isolated_data_env, monkeypatch):
     # MNIST and Fashion-MNIST IDX files share names, sizes and structure: only a known digest tells them apart.
     # Stand-ins: tiny files whose digests the test makes "known" as the other dataset's.
-    import dataclasses
-
     arrays = synthetic_arrays(seed=4)
     folder = write_idx_dir(isolated_data_env / "fashion-files", arrays, compress=False)
     fashion = {p.name: _digest(p.read_bytes()) for p in folder.iterdir()}
-    monkeypatch.setitem(data.DATASETS, "fashion_mnist",
-                        dataclasses.replace(data.DATASETS["fashion_mnist"], content_sha256=fashion))
-    with pytest.raises(data.DataError) as e:
-        data.load("mnist", data_dir=folder, download=False)
+    with_files(monkeypatch, "fashion_mnist", content_sha256=fashion)
+    with pytest.raises(DataError) as e:
+        datasets.load_images("mnist", data_dir=folder, download=False)
     assert str(e.value).startswith(f"{folder}: holds fashion_mnist, not mnist") and "--dataset fashion_mnist" in str(e.value)
-    assert data.load("fashion_mnist", data_dir=folder, download=False).x_train.shape == (600, 28, 28)
+    assert datasets.load_images("fashion_mnist", data_dir=folder, download=False).x_train.shape == (600, 28, 28)
 
     npz = isolated_data_env / "npz"
     npz.mkdir()
     np.savez(npz / "fashion-mnist.npz", x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test,
              y_test=arrays.y_test)
-    monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(
-        data.DATASETS["mnist"], npz_sha256=_digest((npz / "fashion-mnist.npz").read_bytes())))
-    with pytest.raises(data.DataError, match=f"{npz}: holds mnist, not fashion_mnist .*--dataset mnist"):
-        data.load("fashion_mnist", data_dir=npz, download=False)
+    with_files(monkeypatch, "mnist", npz_sha256=_digest((npz / "fashion-mnist.npz").read_bytes()))
+    with pytest.raises(DataError, match=f"{npz}: holds mnist, not fashion_mnist .*--dataset mnist"):
+        datasets.load_images("fashion_mnist", data_dir=npz, download=False)
 
 
 def test_real_fashion_mnist_is_refused_as_mnist(fashion_dir, isolated_data_env, monkeypatch):
-    monkeypatch.setattr(data, "COUNTS", {"train": 60_000, "test": 10_000})
-    with pytest.raises(data.DataError, match=f"{fashion_dir}: holds fashion_mnist, not mnist"):
-        data.load("mnist", data_dir=fashion_dir, download=False)
+    monkeypatch.setattr(mnist_files, "COUNTS", {"train": 60_000, "test": 10_000})
+    with pytest.raises(DataError, match=f"{fashion_dir}: holds fashion_mnist, not mnist"):
+        datasets.load_images("mnist", data_dir=fashion_dir, download=False)
 
 
 @pytest.mark.parametrize("bad_label", [10, -1, 255])
@@ -237,8 +242,8 @@ def test_npz_with_out_of_range_labels_is_refused(isolated_data_env, bad_label):
     folder.mkdir()
     np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train, y_train=y_train, x_test=arrays.x_test,
              y_test=arrays.y_test)
-    with pytest.raises(data.DataError, match=rf"fashion-mnist.npz: label {bad_label} out of range \[0, 10\)"):
-        data.load("fashion_mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match=rf"fashion-mnist.npz: label {bad_label} out of range \[0, 10\)"):
+        datasets.load_images("fashion_mnist", data_dir=folder, download=False)
 
 
 def test_npz_with_float_labels_is_refused(isolated_data_env):
@@ -247,5 +252,5 @@ def test_npz_with_float_labels_is_refused(isolated_data_env):
     folder.mkdir()
     np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train, y_train=arrays.y_train + 0.5,
              x_test=arrays.x_test, y_test=arrays.y_test)
-    with pytest.raises(data.DataError, match=r"labels are float64, expected integers"):
-        data.load("fashion_mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match=r"labels are float64, expected integers"):
+        datasets.load_images("fashion_mnist", data_dir=folder, download=False)

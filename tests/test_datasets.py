@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_arrays
-from tf_rnn import datasets, export, layers, predict, train
+from support import synthetic_arrays
+from tf_rnn import datasets, export, layers, pipeline, predict, tasks, train
 from tf_rnn.config import resolve
-from tf_rnn.data import Arrays
+from tf_rnn.arrays import Arrays
 
 TINY = dict(units=16, layers=1, batch_size=32, lr=1e-2, dropout=0.0, epochs=2, validation_split=0.2)
 
@@ -27,7 +27,7 @@ def generated(kind: str, seq_len: int, n_train=256, n_test=64, seed=0) -> Arrays
 
 def fit(tmp_path, name, arrays, **overrides):
     config = resolve(overrides={**TINY, **overrides})
-    metrics = train.train_and_evaluate(config, tmp_path / name, datasets=arrays)
+    metrics = train.train_and_evaluate(config, tmp_path / name, arrays=arrays)
     return config, metrics, keras.saving.load_model(tmp_path / name / "model.keras")
 
 
@@ -108,7 +108,7 @@ def test_bad_dataset_flags_exit_2_with_one_line(argv, message, tmp_path, capsys)
 def test_injected_arrays_are_checked_against_the_dataset(tmp_path):
     bad = generated("adding", 10)._replace(x_test=np.zeros((4, 11, 2), np.float32))
     with pytest.raises(datasets.DataError, match=r"x_test is \[4, 11, 2\]; expected \[N, 10, 2\]"):
-        train.train_and_evaluate(resolve(overrides=dict(dataset="adding", seq_len=10)), tmp_path / "w", datasets=bad)
+        train.train_and_evaluate(resolve(overrides=dict(dataset="adding", seq_len=10)), tmp_path / "w", arrays=bad)
     assert not (tmp_path / "w").exists()
 
 
@@ -198,7 +198,7 @@ def test_npz_regression_is_scored_in_the_targets_own_units(tmp_path):
 
 
 def test_permutation_is_the_documented_one():
-    np.testing.assert_array_equal(layers.pixel_permutation(), np.random.default_rng(1997).permutation(784))
+    np.testing.assert_array_equal(layers.pixel_permutation(784), np.random.default_rng(1997).permutation(784))
 
 
 def test_permuted_model_reads_the_permuted_pixels_of_the_image_it_is_given():
@@ -303,7 +303,7 @@ def test_one_registry_entry_is_all_a_new_dataset_needs(tmp_path, monkeypatch, ca
     def spec(config, arrays=None):
         return datasets.DataSpec("sign", (9, 1), datasets.CLASSIFICATION, class_names=("neg", "pos"))
 
-    monkeypatch.setitem(datasets.REGISTRY, "sign", datasets.Dataset(load, spec, "toy"))
+    monkeypatch.setitem(datasets.REGISTRY, "sign", datasets.DatasetEntry(load, spec, "toy"))
     assert train.main(["--dataset", "sign", "--workdir", str(tmp_path / "run"), "--epochs", "1", "--units", "4",
                        "--layers", "1"]) == 0
     np.save(tmp_path / "x.npy", load(resolve(overrides={"dataset": "sign"})).x_test[:2])
@@ -315,14 +315,13 @@ def test_one_registry_entry_is_all_a_new_dataset_needs(tmp_path, monkeypatch, ca
 def test_custom_loop_logs_mae_for_regression(tmp_path):
     from tf_rnn.distribute import fit_custom_loop
     from tf_rnn.models import build_model
-    from tf_rnn import data
 
     config = resolve(overrides=dict(dataset="adding", seq_len=6, units=4))
     arrays = generated("adding", 6, n_train=64, n_test=32)
     model = build_model(config)
-    splits = data.make_splits(arrays, 16, 0.25, 0)
-    history = fit_custom_loop(model, tf.distribute.get_strategy(), splits.train, splits.validation, epochs=1,
-                              steps_per_epoch=3, callbacks=[], verbose=0)
+    splits = pipeline.make_splits(arrays, 16, 0.25, 0)
+    history = fit_custom_loop(model, tf.distribute.get_strategy(), splits.train, splits.validation,
+                              task=tasks.REGISTRY["regression"], epochs=1, steps_per_epoch=3, callbacks=[], verbose=0)
     assert {"loss", "mae", "val_loss", "val_mae"} <= set(history.history)
     x_val, y_val = (np.concatenate([np.asarray(t) for t, _ in splits.validation]),
                     np.concatenate([np.asarray(t) for _, t in splits.validation]))
@@ -346,7 +345,7 @@ def test_tune_searches_a_regression_on_validation_loss(tmp_path):
 
     settings = tune.TuneConfig(tuner="random", max_trials=2, epochs=1, final_epochs=1, dataset="adding", seq_len=8,
                                validation_split=0.25)
-    metrics = tune.tune_and_evaluate(settings, tmp_path / "s", datasets=generated("adding", 8, n_train=96))
+    metrics = tune.tune_and_evaluate(settings, tmp_path / "s", arrays=generated("adding", 8, n_train=96))
     import csv
 
     with (tmp_path / "s" / "trials.csv").open() as f:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from conftest import kill_at_command
+from support import kill_at_command
 from tf_rnn import distribute
 
 TESTS = Path(__file__).parent
@@ -36,15 +36,15 @@ MIRRORED_VS_DEFAULT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, sys.argv[2])
-    from conftest import synthetic_arrays
+    from support import synthetic_arrays
     from tf_rnn import train
     from tf_rnn.config import resolve
     tiny = dict(units=16, layers=2, lr=1e-2, dropout=0.0, epochs=3, validation_split=0.2, label_smoothing=0.0)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     a = train.train_and_evaluate(resolve(overrides={**tiny, "batch_size": 16}), sys.argv[1] + "/mirrored",
-                                 datasets=synthetic_arrays(), strategy=mirrored)
+                                 arrays=synthetic_arrays(), strategy=mirrored)
     b = train.train_and_evaluate(resolve(overrides={**tiny, "batch_size": 32}), sys.argv[1] + "/default",
-                                 datasets=synthetic_arrays(), strategy=tf.distribute.get_strategy())
+                                 arrays=synthetic_arrays(), strategy=tf.distribute.get_strategy())
     print("RESULT", json.dumps([a, b]))
 """)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import idx_bytes, synthetic_arrays
-from tf_rnn import data, export, fused, predict
+from support import idx_bytes, synthetic_arrays
+from tf_rnn import datasets, export, fused, predict
 from tf_rnn.config import resolve
 from tf_rnn.models import build_model
 
@@ -124,7 +124,7 @@ def test_predict_reads_every_format_and_agrees_with_the_model(model, exported, i
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5 + 2 + 3 + 1
     expected = model.predict(images / 255, verbose=0).argmax(1)
-    names = data.DATASETS["fashion_mnist"].class_names
+    names = datasets.image_spec("fashion_mnist").class_names
     got = [int(line.split("\t")[1].split()[0]) for line in lines]
     assert got == list(expected) + list(expected[:2]) + list(expected[:3]) + [expected[0]]
     assert f"({names[expected[0]]})" in lines[0] and lines[-1].startswith(str(tmp_path / "d.png") + "\t")

@@ -162,7 +162,12 @@ def test_label_smoothing_loss_against_numpy():
 
 
 def test_augment_auto_flips_fashion_only():
-    assert resolve(overrides=dict(dataset="fashion_mnist")).hflip
-    assert not resolve(overrides=dict(dataset="mnist")).hflip
-    assert not resolve("seed", overrides=dict(dataset="fashion_mnist")).hflip
-    assert resolve(overrides=dict(dataset="mnist", augment="hflip")).hflip
+    from tf_rnn import datasets
+
+    def mirrors(config):
+        return datasets.get(config.dataset).mirrors(config.augment)
+
+    assert mirrors(resolve(overrides=dict(dataset="fashion_mnist")))
+    assert not mirrors(resolve(overrides=dict(dataset="mnist")))
+    assert not mirrors(resolve("seed", overrides=dict(dataset="fashion_mnist")))
+    assert mirrors(resolve(overrides=dict(dataset="mnist", augment="hflip")))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_arrays
+from support import synthetic_arrays, skip_or_fail
 from legacy_port import mnist_lstm
-from tf_rnn import convert_tf1, data
+from tf_rnn import convert_tf1, datasets
 
 v1 = tf.compat.v1
 
@@ -80,9 +80,7 @@ CELL_CHECK = textwrap.dedent("""
 
 def test_cell_matches_the_real_tf1_basic_lstm_cell():
     if importlib.util.find_spec("tf_keras") is None:
-        if os.environ.get("CI"):
-            pytest.fail("tf-keras missing in CI: pip install --no-deps tf-keras==2.21.0")
-        pytest.skip("tf-keras not installed (pip install --no-deps tf-keras==2.21.0)")
+        skip_or_fail("tf-keras not installed", "pip install --no-deps tf-keras==2.21.0")
     # The real cell exists only with the legacy Keras 2 switched on, which must happen before TF is imported:
     # hence a separate process.
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -98,7 +96,7 @@ def test_bridge_gives_identical_logits_on_real_test_images(fashion_dir, tmp_path
                             "--training-iters", str(128 * 40)]) == 0
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["test_examples"] == 10_000
-    images = data.load("fashion_mnist", fashion_dir).x_test[:2000].astype(np.float32) / 255
+    images = datasets.load_images("fashion_mnist", fashion_dir).x_test[:2000].astype(np.float32) / 255
     with tf.Graph().as_default():
         g = mnist_lstm.build_graph()
         with v1.Session() as sess:
@@ -110,7 +108,7 @@ def test_bridge_gives_identical_logits_on_real_test_images(fashion_dir, tmp_path
     assert np.abs(tf1_logits - keras_logits).max() <= 1e-5
     assert np.abs(tf1_logits).max() > 1  # Trained, not near-zero logits.
     # The port's reported accuracy on all 10,000 images is the converted model's too.
-    all_images = data.load("fashion_mnist", fashion_dir)
+    all_images = datasets.load_images("fashion_mnist", fashion_dir)
     acc = (model.predict(all_images.x_test / 255, verbose=0).argmax(1) == all_images.y_test).mean()
     assert acc == pytest.approx(metrics["test_accuracy"], abs=1e-4)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_arrays
+from support import synthetic_arrays, skip_or_fail
 from tf_rnn import convert_tf1, export, fused, train, tune
 from tf_rnn.config import resolve
 from tf_rnn.models import build_model
@@ -33,7 +33,7 @@ def written_models(tmp_path_factory):
     each gives on the test images."""
     root = tmp_path_factory.mktemp("written")
     tiny = dict(units=8, layers=2, batch_size=32, epochs=1, validation_split=0.2, dropout=0.25)
-    train.train_and_evaluate(resolve(overrides=tiny), root / "run", datasets=synthetic_arrays())
+    train.train_and_evaluate(resolve(overrides=tiny), root / "run", arrays=synthetic_arrays())
 
     import tensorflow.compat.v1 as v1
 
@@ -46,7 +46,7 @@ def written_models(tmp_path_factory):
     assert convert_tf1.main([str(root / "tf1"), "--out", str(root / "converted.keras")]) == 0
 
     settings = tune.TuneConfig(tuner="random", max_trials=1, epochs=1, final_epochs=1, validation_split=0.2)
-    tune.tune_and_evaluate(settings, root / "search", datasets=synthetic_arrays())
+    tune.tune_and_evaluate(settings, root / "search", arrays=synthetic_arrays())
 
     paths = [root / "run" / "model.keras", root / "converted.keras", root / "search" / "best_run" / "model.keras"]
     images = synthetic_arrays().x_test[:6].astype("float32") / 255
@@ -85,9 +85,7 @@ def test_import_tf_rnn_is_all_a_fresh_process_needs_to_load_what_tf_rnn_wrote(wr
 def trained_on_cpu():
     """A model trained one epoch through tf_rnn's fused CPU path, as a user's run on a CPU is."""
     if fused.kernels() is None:
-        if os.environ.get("CI"):
-            pytest.fail("the fused LSTM kernel did not build in CI")
-        pytest.skip("fused LSTM kernel not buildable here")
+        skip_or_fail("the fused LSTM kernel does not build here", "g++ and TensorFlow's headers are needed")
     assert fused.available()
     model = build_model(resolve(overrides=dict(units=8, layers=2, dropout=0.25)))
     arrays = synthetic_arrays(n_train=128)

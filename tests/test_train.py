@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_arrays
+from support import synthetic_arrays
 from tf_rnn import train
 from tf_rnn.config import TrainConfig, resolve
 
@@ -18,7 +18,7 @@ TINY = dict(units=16, layers=1, batch_size=32, lr=1e-2, dropout=0.0, epochs=3, v
 
 def run(tmp_path, name="run", data=None, callbacks=(), **overrides):
     config = resolve(overrides={**TINY, **overrides})
-    return train.train_and_evaluate(config, tmp_path / name, datasets=data or synthetic_arrays(), extra_callbacks=callbacks)
+    return train.train_and_evaluate(config, tmp_path / name, arrays=data or synthetic_arrays(), extra_callbacks=callbacks)
 
 
 # --- command line ---------------------------------------------------------------------------------------------
@@ -68,9 +68,10 @@ def test_flags_override_preset_and_config_file(tmp_path):
 
 
 def test_missing_data_is_one_line_exit_1(tmp_path, capsys, isolated_data_env, monkeypatch):
-    from tf_rnn import data
+    from tf_rnn import mnist_files
 
-    monkeypatch.setattr(data, "_download", lambda spec: (_ for _ in ()).throw(data.DataError("download failed: offline")))
+    monkeypatch.setattr(mnist_files, "_download", lambda spec: (_ for _ in ()).throw(
+        mnist_files.DataError("download failed: offline")))
     with pytest.raises(SystemExit) as e:
         train.main(["--dataset", "fashion_mnist", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err
@@ -298,13 +299,14 @@ def test_output_off_a_terminal_is_one_line_per_epoch(tmp_path, capsys):
 
 
 def test_confusion_matrix_is_labelled_with_the_datasets_class_names(tmp_path, monkeypatch):
-    from tf_rnn import data, summaries
+    from tf_rnn import datasets, summaries
 
     seen = []
-    monkeypatch.setattr(train, "write_test_summaries", lambda logdir, m, cm, names, step: seen.append(names))
+    monkeypatch.setattr(summaries, "write_test_summaries", lambda logdir, m, spec, step: seen.append(spec.class_names))
     run(tmp_path, epochs=1)
-    assert seen == [data.DATASETS["mnist"].class_names]
-    figure = summaries.confusion_figure(np.eye(10, dtype=int), data.DATASETS["fashion_mnist"].class_names, "t")
+    assert seen == [datasets.image_spec("mnist").class_names]
+    fashion = datasets.image_spec("fashion_mnist").class_names
+    figure = summaries.confusion_figure(np.eye(10, dtype=int), fashion, "t")
     labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
-    assert labels == list(data.DATASETS["fashion_mnist"].class_names)
+    assert labels == list(fashion)
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == labels

@@ -7,7 +7,7 @@ import keras
 import keras_tuner as kt
 import pytest
 
-from conftest import synthetic_arrays
+from support import synthetic_arrays
 from tf_rnn import train, tune
 from tf_rnn.config import ConfigError
 from tf_rnn.layers import StackedRNN
@@ -62,7 +62,7 @@ class CountFits(keras.callbacks.Callback):
 
 def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path):
     workdir = tmp_path / "s"
-    result = tune.tune_and_evaluate(tune.TuneConfig(**TINY), workdir, datasets=synthetic_arrays())
+    result = tune.tune_and_evaluate(tune.TuneConfig(**TINY), workdir, arrays=synthetic_arrays())
     with (workdir / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and [r["rank"] for r in rows] == ["1", "2"]
@@ -86,12 +86,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
     workdir, settings = tmp_path / "s", tune.TuneConfig(**TINY)
     CountFits.fits, CountFits.interrupt_at = 0, 2
     with pytest.raises(KeyboardInterrupt):
-        tune.tune_and_evaluate(settings, workdir, datasets=synthetic_arrays(), extra_callbacks=[CountFits()])
+        tune.tune_and_evaluate(settings, workdir, arrays=synthetic_arrays(), extra_callbacks=[CountFits()])
     first = {t.trial_id: t.score for t in tune.make_tuner(settings, workdir, synthetic_arrays()).oracle.trials.values()
              if t.status == "COMPLETED"}
     assert len(first) == 1
     CountFits.fits, CountFits.interrupt_at = 0, None
-    result = tune.tune_and_evaluate(settings, workdir, datasets=synthetic_arrays(), extra_callbacks=[CountFits()])
+    result = tune.tune_and_evaluate(settings, workdir, arrays=synthetic_arrays(), extra_callbacks=[CountFits()])
     assert CountFits.fits == 1 and result["finished_trials"] == 2  # Only the interrupted trial ran again.
     with (workdir / "trials.csv").open() as f:
         rows = {r["trial"]: float(r["val_accuracy"]) for r in csv.DictReader(f)}
@@ -127,9 +127,10 @@ def test_bad_flags(argv, message, capsys, tmp_path):
 
 
 def test_a_search_that_cannot_load_its_data_leaves_no_workdir(tmp_path, capsys, isolated_data_env, monkeypatch):
-    from tf_rnn import data
+    from tf_rnn import mnist_files
 
-    monkeypatch.setattr(data, "_download", lambda spec: (_ for _ in ()).throw(data.DataError("download failed: offline")))
+    monkeypatch.setattr(mnist_files, "_download", lambda spec: (_ for _ in ()).throw(
+        mnist_files.DataError("download failed: offline")))
     argv = ["--workdir", str(tmp_path / "s"), "--dataset", "fashion_mnist", "--tuner", "random"]
     with pytest.raises(SystemExit) as e:
         tune.main(argv)
@@ -139,7 +140,7 @@ def test_a_search_that_cannot_load_its_data_leaves_no_workdir(tmp_path, capsys, 
 
 def test_no_finished_trial_is_a_run_error_exit_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(kt.RandomSearch, "search", lambda self, *a, **k: None)  # Every trial failed.
-    monkeypatch.setattr(tune.data, "load", lambda *a, **k: synthetic_arrays())
+    monkeypatch.setattr(tune.datasets, "load_images", lambda *a, **k: synthetic_arrays())
     with pytest.raises(SystemExit) as e:
         tune.main(["--workdir", str(tmp_path / "s"), "--tuner", "random", "--max-trials", "2"])
     err = capsys.readouterr().err
@@ -152,7 +153,7 @@ def test_search_killed_with_sigkill_resumes_through_the_cli(tmp_path, fashion_di
     import subprocess
     import sys
 
-    from conftest import kill_at_command
+    from support import kill_at_command
 
     # 600 training images (validation_split 0.99) keep each trial to seconds; the search is still real data.
     argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--final-epochs", "1",

@@ -165,7 +165,7 @@ def test_chief_and_two_workers_finish_a_search_together(tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_and_restarted_lets_the_search_finish(tmp_path):
-    from conftest import kill_at_command
+    from support import kill_at_command
 
     argv, port = search_argv(tmp_path), free_port()
     chief = start(argv, port, "chief", tmp_path)

@@ -10,12 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-
-def write_json(path: Path, obj) -> None:
-    """Writes atomically, so a kill mid-write never leaves a half file that looks finished."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+from tf_rnn.workdir import write_json
 
 
 def optimizer_steps(model) -> int:
@@ -115,7 +110,7 @@ class EpochSeeds(keras.callbacks.Callback):
 
     Keras' BackupAndRestore restores weights and optimizer state but not the seed generators' counters, so a
     resumed run would draw other dropout masks than an uninterrupted one. With the state a pure function of
-    (seed, epoch), together with the data order (data.training_stream), each epoch is the same whichever process
+    (seed, epoch), together with the data order (pipeline.training_stream), each epoch is the same whichever process
     runs it.
     """
 

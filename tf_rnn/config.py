@@ -119,21 +119,13 @@ class TrainConfig(JobConfig):
             raise ConfigError("clipnorm", self.clipnorm, "must be > 0 (leave it out for no clipping)")
         check_dataset(self)
 
-    @property
-    def hflip(self) -> bool:
-        """Whether training mirrors images: `auto` is the dataset's own choice (only Fashion-MNIST mirrors)."""
-        if self.augment == "auto":
-            return datasets.get(self.dataset).augment == "hflip"
-        return self.augment == "hflip"
-
 
 def check_dataset(config) -> None:
-    """The dataset, its `--seq-len` and `--sequence` must go together (one ConfigError naming the flag)."""
+    """The dataset, its `--seq-len`, `--sequence` and `--augment` must go together (one ConfigError naming the
+    flag)."""
     problem = datasets.check_config(config)
     if problem:
         raise ConfigError(*problem)
-    if getattr(config, "augment", None) == "hflip" and config.dataset not in datasets.IMAGE_DATASETS:
-        raise ConfigError("augment", "hflip", "mirrors images; only for image datasets (use none or auto)")
 
 
 

@@ -1,4 +1,4 @@
-"""Datasets: the one registry of what each dataset is — input shape, task, loader or generator, augmentation."""
+"""Datasets: the one registry of what each dataset is — its files or generator, [T, F], task, classes, views, defaults."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tf_rnn import data
-from tf_rnn.data import Arrays, DataError
+from tf_rnn import mnist_files, tasks
+from tf_rnn.arrays import Arrays, DataError, first_nonfinite
+from tf_rnn.mnist_files import IMAGE_SHAPE, NUM_CLASSES, IdxFiles
+from tf_rnn.tasks import CLASSIFICATION, PER_STEP, REGRESSION
 
-CLASSIFICATION, PER_STEP, REGRESSION = "classification", "per_step", "regression"
-SEQUENCE_VIEWS = ("rows", "pixels", "permuted")
+SEQUENCE_VIEWS = ("rows", "pixels", "permuted")  # How an image becomes a sequence (layers.SequenceView).
 DEFAULT_SEQ_LEN = 100
 # Generated datasets: 50,000 training sequences (the validation split comes out of these) and 10,000 test ones.
 GENERATED_TRAIN, GENERATED_TEST = 50_000, 10_000
@@ -63,14 +64,9 @@ class DataSpec:
         return "images" if self.image else "sequences"
 
     @property
-    def metric(self) -> str:
-        """The compiled metric: `accuracy`, or `mae` for regression."""
-        return "mae" if self.task == REGRESSION else "accuracy"
-
-    @property
-    def monitor(self) -> tuple[str, str]:
-        """(validation metric, mode) for the best model, early stopping and tune's objective."""
-        return ("val_loss", "min") if self.task == REGRESSION else ("val_accuracy", "max")
+    def task_type(self) -> tasks.Task:
+        """The `tasks.Task` that `task` names: head, loss, metrics, evaluation and outputs."""
+        return tasks.get(self.task)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,17 +79,22 @@ class DataSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dataset:
-    """One registry entry.
+class DatasetEntry:
+    """One registry entry: everything tf_rnn knows about a dataset is here.
 
     Attributes:
       load: `(job config) -> Arrays`; the config has `dataset`, `data_dir`, `seed` and `seq_len`.
-      spec: `(job config, Arrays) -> DataSpec` (regression statistics and a user file's classes need the arrays).
+      spec: `(job config, Arrays or None) -> DataSpec` (regression statistics and a user file's classes need the
+        arrays).
       about: one line for `--help` and the README.
       augment: what `--augment auto` means here (`hflip` or `none`).
       defaults: config values this dataset trains best with; they apply over the preset, under a config file and
         flags.
       seq_len: whether `--seq-len` applies.
+      views: the `--sequence` views it can be read in (images: rows, pixels, permuted).
+      files: MNIST-family datasets: their files' names and digests (`mnist_files`).
+      check_arrays: `(Arrays, where) -> Arrays` for datasets whose arrays have a fixed form (uint8 images); the
+        others are checked against their spec (`validate`).
     """
 
     load: Callable[[Any], Arrays]
@@ -102,19 +103,45 @@ class Dataset:
     augment: str = "none"
     defaults: dict = dataclasses.field(default_factory=dict)
     seq_len: bool = False
+    views: tuple[str, ...] = ("rows",)
+    files: IdxFiles | None = None
+    check_arrays: Callable[[Arrays, str], Arrays] | None = None
+
+    @property
+    def image(self) -> bool:
+        """Images: read in several views, mirrored by `--augment hflip`, served as uint8 too."""
+        return len(self.views) > 1
+
+    def mirrors(self, augment: str) -> bool:
+        """Whether training mirrors images under `--augment augment` (`auto`: this dataset's own choice)."""
+        return (self.augment if augment == "auto" else augment) == "hflip"
 
 
 # --- images (MNIST, Fashion-MNIST) ----------------------------------------------------------------------------------
 
 
-def _image_entry(name: str, augment: str) -> Dataset:
+def _image_entry(files: IdxFiles, class_names: tuple[str, ...], augment: str) -> DatasetEntry:
     def load(config) -> Arrays:
-        return data.load(name, config.data_dir)
+        return load_images(files.name, config.data_dir)
 
     def spec(config, arrays=None) -> DataSpec:
-        return DataSpec(name, data.IMAGE_SHAPE, CLASSIFICATION, data.DATASETS[name].class_names, image=True)
+        return DataSpec(files.name, IMAGE_SHAPE, CLASSIFICATION, class_names, image=True)
 
-    return Dataset(load, spec, f"{name}: 28x28 grey images, 10 classes", augment=augment)
+    return DatasetEntry(load, spec, f"{files.name}: 28x28 grey images, 10 classes", augment=augment,
+                        views=SEQUENCE_VIEWS, files=files, check_arrays=mnist_files.validate_arrays)
+
+
+def load_images(name: str, data_dir=None, *, download=True) -> Arrays:
+    """Finds, verifies and loads an MNIST-family dataset (`mnist_files.load`: the look-up order and the checks).
+
+    Returns:
+      Arrays of `<uint8>[60000, 28, 28]` train and `<uint8>[10000, 28, 28]` test images, `<int64>` labels.
+    """
+    files = get(name).files
+    if files is None:
+        raise DataError(f"{name!r} is not an image dataset of files; choose one of: {', '.join(IMAGE_DATASETS)}")
+    others = [entry.files for entry in REGISTRY.values() if entry.files is not None]
+    return mnist_files.load(files, data_dir, download=download, others=others)
 
 
 # --- the adding problem ---------------------------------------------------------------------------------------------
@@ -153,7 +180,7 @@ def copy_arrays(n: int, gap: int, rng: np.random.Generator) -> tuple[np.ndarray,
     return one_hot, (symbols - 1).astype(np.int64)
 
 
-def _generated_entry(make: Callable, spec: Callable, about: str, defaults: dict) -> Dataset:
+def _generated_entry(make: Callable, spec: Callable, about: str, defaults: dict) -> DatasetEntry:
     def load(config) -> Arrays:
         seq_len = seq_len_of(config)
         # Train and test come from separate streams of (seed, T): the test set depends on nothing else.
@@ -162,7 +189,7 @@ def _generated_entry(make: Callable, spec: Callable, about: str, defaults: dict)
         x_test, y_test = make(GENERATED_TEST, seq_len, test_rng)
         return Arrays(x_train, y_train, x_test, y_test, source=f"generated (seed {config.seed}, T={seq_len})")
 
-    return Dataset(load, spec, about, defaults=defaults, seq_len=True)
+    return DatasetEntry(load, spec, about, defaults=defaults, seq_len=True)
 
 
 def _adding_spec(config, arrays=None) -> DataSpec:
@@ -255,24 +282,48 @@ def _npz_spec(config, arrays: Arrays | None) -> DataSpec:
 _MEMORY_TASK = dict(layers=1, dropout=0.0, lr_schedule="constant", label_smoothing=0.0, clipnorm=1.0,
                     early_stopping_patience=0)
 
-REGISTRY: dict[str, Dataset] = {
-    "mnist": _image_entry("mnist", augment="none"),
-    # Left-right is no class cue for clothes: mirrored images are free extra data.
-    "fashion_mnist": _image_entry("fashion_mnist", augment="hflip"),
+REGISTRY: dict[str, DatasetEntry] = {
+    "mnist": _image_entry(IdxFiles(
+        name="mnist",
+        subdir="mnist",
+        npz="mnist.npz",
+        # No published digest of the decompressed MNIST IDX files is known to us: structure checks only.
+        content_sha256={base: None for base in mnist_files.IDX_FILES.values()},
+        # keras.datasets.mnist verifies its download against this digest too.
+        npz_sha256="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+        keras_loader="mnist",
+    ), class_names=tuple(str(d) for d in range(NUM_CLASSES)), augment="none"),
+    "fashion_mnist": _image_entry(IdxFiles(
+        name="fashion_mnist",
+        subdir="fashion-mnist",
+        npz="fashion-mnist.npz",
+        content_sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        npz_sha256=None,
+        keras_loader="fashion_mnist",
+        debian_package="dataset-fashion-mnist",
+    ), class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                    "Ankle boot"),
+        # Left-right is no class cue for clothes: mirrored images are free extra data.
+        augment="hflip"),
     "adding": _generated_entry(adding_arrays, _adding_spec, "adding problem: [T, 2] -> the sum of the 2 marked "
                                "values", _MEMORY_TASK),
     "copy": _generated_entry(copy_arrays, _copy_spec, "copy memory: recall 10 symbols after a gap of T steps",
                              _MEMORY_TASK),
 }
-NPZ = Dataset(_load_npz, _npz_spec, "PATH.npz: your own x_train [N, T, F], y_train, x_test, y_test")
-IMAGE_DATASETS = tuple(n for n in REGISTRY if n in data.DATASETS)
+NPZ = DatasetEntry(_load_npz, _npz_spec, "PATH.npz: your own x_train [N, T, F], y_train, x_test, y_test")
+IMAGE_DATASETS = tuple(name for name, entry in REGISTRY.items() if entry.image)
 
 
 def is_file(name: str) -> bool:
     return name.endswith(".npz")
 
 
-def get(name: str) -> Dataset:
+def get(name: str) -> DatasetEntry:
     """The registry entry for `--dataset name`: a registered name or a path to an `.npz`."""
     if is_file(name):
         return NPZ
@@ -290,33 +341,39 @@ def check_config(config) -> tuple[str, Any, str] | None:
         return "seq_len", config.seq_len, f"only for --dataset adding or copy (drop it for {config.dataset})"
     if config.seq_len is not None and config.seq_len < 2:
         return "seq_len", config.seq_len, "must be >= 2"
-    if config.sequence != "rows" and config.dataset not in IMAGE_DATASETS:
+    if config.sequence not in entry.views:
         return "sequence", config.sequence, f"only for image datasets ({', '.join(IMAGE_DATASETS)}); drop it"
+    if getattr(config, "augment", "none") == "hflip" and not entry.image:
+        return "augment", "hflip", "mirrors images; only for image datasets (use none or auto)"
     return None
 
 
-def load(config) -> tuple[Arrays, DataSpec]:
+def load(config, entry: DatasetEntry | None = None) -> tuple[Arrays, DataSpec]:
     """Loads (or generates) `config.dataset` and checks every array against what the dataset is.
+
+    Args:
+      entry: the dataset's entry, when the caller has resolved it already (`get(config.dataset)`).
 
     Raises:
       DataError: missing/corrupt files, or arrays of the wrong shape, dtype, range or with NaN (one line).
     """
-    arrays = get(config.dataset).load(config)
-    return validate(config, arrays, arrays.source or config.dataset)
+    entry = entry or get(config.dataset)
+    arrays = entry.load(config)
+    return validate(config, arrays, arrays.source or config.dataset, entry)
 
 
-def validate(config, arrays: Arrays, where: str) -> tuple[Arrays, DataSpec]:
+def validate(config, arrays: Arrays, where: str, entry: DatasetEntry | None = None) -> tuple[Arrays, DataSpec]:
     """Checks `arrays` (loaded or injected by a test) against `config.dataset`; returns them with their spec."""
-    entry = get(config.dataset)
-    if config.dataset in IMAGE_DATASETS:
-        arrays = data.validate_arrays(arrays, where)
+    entry = entry or get(config.dataset)
+    if entry.check_arrays is not None:
+        arrays = entry.check_arrays(arrays, where)
         return arrays, entry.spec(config, arrays)
     spec = entry.spec(config, arrays)
     checked = {}
     for split in ("train", "test"):
         x, y = getattr(arrays, f"x_{split}"), getattr(arrays, f"y_{split}")
         checked[f"x_{split}"] = _check_inputs(x, spec, f"{where}: x_{split}")
-        checked[f"y_{split}"] = _check_targets(y, len(x), spec, f"{where}: y_{split}")
+        checked[f"y_{split}"] = spec.task_type.check_targets(y, len(x), spec, f"{where}: y_{split}")
     return arrays._replace(**checked), spec
 
 
@@ -327,35 +384,16 @@ def _check_inputs(x: np.ndarray, spec: DataSpec, where: str) -> np.ndarray:
         raise DataError(f"{where} is {x.dtype}; expected numbers (float32 is what the model takes)")
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise DataError(f"{where} has NaN or infinite values (first at index {_first_bad(x)}); clean them first")
+        raise DataError(f"{where} has NaN or infinite values (first at index {first_nonfinite(x)}); clean them first")
     return x
 
 
-def _check_targets(y: np.ndarray, n: int, spec: DataSpec, where: str) -> np.ndarray:
-    if spec.task == REGRESSION:
-        if not np.issubdtype(y.dtype, np.floating):
-            raise DataError(f"{where} is {y.dtype}; expected float targets for this regression dataset")
-        y = y.reshape(len(y), -1) if y.ndim == 1 else y
-        if y.shape != (n, spec.targets):
-            raise DataError(f"{where} is {list(y.shape)}; expected [{n}] or [{n}, {spec.targets}]")
-        y = y.astype(np.float32)
-        if not np.isfinite(y).all():
-            raise DataError(f"{where} has NaN or infinite values (first at index {_first_bad(y)}); clean them first")
-        return y
-    expected = (n, spec.output_steps) if spec.task == PER_STEP else (n,)
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{where} is {y.dtype}; expected integer labels in [0, {spec.num_classes})")
-    if y.shape != expected:
-        raise DataError(f"{where} is {list(y.shape)}; expected {list(expected)}")
-    bad = y[(y < 0) | (y >= spec.num_classes)]
-    if bad.size:
-        raise DataError(f"{where}: label {int(bad.flat[0])} out of range [0, {spec.num_classes}); "
-                        "labels must be 0..classes-1")
-    return y.astype(np.int64)
-
-
-def _first_bad(a: np.ndarray) -> int:
-    return int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))[0, 0])
+def image_spec(dataset: str | None) -> DataSpec:
+    """The spec of a row-wise image classifier (runs written before data_spec.json existed, TF1 conversions);
+    without a known dataset its class names are unknown (predict prints class indices)."""
+    if dataset in IMAGE_DATASETS:
+        return REGISTRY[dataset].spec(None, None)
+    return DataSpec(dataset or "images", IMAGE_SHAPE, CLASSIFICATION, image=True)
 
 
 def save_npz(path: str | os.PathLike, arrays: Arrays, class_names=None) -> None:

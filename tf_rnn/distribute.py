@@ -75,17 +75,19 @@ def needs_custom_loop(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_per_epoch, callbacks, verbose=1):
+def fit_custom_loop(model, strategy, train_ds, validation_ds, *, task, epochs, steps_per_epoch, callbacks,
+                    verbose=1):
     """`model.fit` for strategies where Keras' own trainer fails: `strategy.run` steps over distributed datasets.
 
     Same contract as `fit` for what this package uses: Keras callbacks (BackupAndRestore, TensorBoard, ours) get
-    the same hooks and logs (`loss`, `accuracy` or `mae`, `val_loss`, `val_accuracy` or `val_mae`), `Epoch N/M` progress bars are
+    the same hooks and logs (`loss`, the task's metric, `val_loss`, `val_<metric>`), `Epoch N/M` progress bars are
     printed, `model.stop_training` is honoured, and a History is returned.
 
     Args:
       model: compiled inside `strategy.scope()`; its `loss` must be a Keras Loss (per-example `call`).
       train_ds: endless dataset of global batches `(<float32>[global_batch, T, F], targets)`.
       validation_ds: finite dataset of global batches, or None.
+      task: the `tasks.Task` the model was built for (its metric's name and per-example scores).
     """
     import keras
 
@@ -95,7 +97,7 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
     dist_train = strategy.experimental_distribute_dataset(train_ds.with_options(options))
     dist_val = strategy.experimental_distribute_dataset(validation_ds.with_options(options)) if validation_ds else None
     loss_fn = model.loss
-    metric = "mae" if isinstance(loss_fn, keras.losses.MeanSquaredError) else "accuracy"
+    metric = task.metric
 
     def per_example_mean(t):
         """`[replica_batch, ...]` → `[replica_batch]`: per-step tasks average over their steps."""
@@ -103,10 +105,7 @@ def fit_custom_loop(model, strategy, train_ds, validation_ds, *, epochs, steps_p
 
     def sums(y, outputs):
         per_example = per_example_mean(loss_fn.call(y, outputs))  # Un-reduced: <float32>[replica_batch].
-        if metric == "mae":
-            score = per_example_mean(tf.abs(outputs - tf.cast(y, outputs.dtype)))
-        else:
-            score = per_example_mean(tf.cast(tf.equal(tf.argmax(outputs, -1), tf.cast(y, tf.int64)), tf.float32))
+        score = per_example_mean(task.batch_scores(y, outputs))
         count = tf.cast(tf.shape(per_example)[0], tf.float32)
         return tf.reduce_sum(per_example), tf.reduce_sum(score), count, per_example
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from tf_rnn import cli
 from tf_rnn.cli import RunError, UsageError
 from tf_rnn import datasets
-from tf_rnn.datasets import CLASSIFICATION, PER_STEP, REGRESSION, DataSpec
+from tf_rnn.datasets import DataSpec, image_spec
 
 METADATA = "assets.extra/tf_rnn.json"  # Read by tf_rnn.predict; TF Serving ignores assets.extra.
 
@@ -36,14 +36,6 @@ def generic_kernels(model):
             layer.use_cudnn = value
 
 
-def image_spec(dataset: str | None) -> DataSpec:
-    """The spec of a row-wise image classifier (runs written before data_spec.json existed, TF1 conversions);
-    without a known dataset its class names are unknown (predict prints class indices)."""
-    if dataset in datasets.IMAGE_DATASETS:
-        return datasets.REGISTRY[dataset].spec(None, None)
-    return DataSpec(dataset or "images", (28, 28), CLASSIFICATION, image=True)
-
-
 def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None = None) -> Path:
     """Writes `model` as a SavedModel whose signatures follow the dataset's task.
 
@@ -52,8 +44,8 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
     or non-finite input is an InvalidArgument error, not a silently wrong answer. Image datasets also get
     `serve_uint8`: `images <uint8>[batch, 28, 28]`, raw pixels scaled inside the graph.
 
-    Outputs: classification `logits`/`probabilities <float32>[batch, classes]`, `classes <int64>[batch]`;
-    per-step classification the same with a `steps` axis (`[batch, steps, classes]`, `[batch, steps]`);
+    Outputs are the task's (`tasks.Task.serving_outputs`): classification `logits`/`probabilities
+    <float32>[batch, classes]`, `classes <int64>[batch]`; per-step classification the same with a `steps` axis;
     regression `predictions <float32>[batch, targets]`, in the targets' units.
 
     Args:
@@ -73,14 +65,7 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
         spec = image_spec(spec)
 
     def heads(inputs):
-        outputs = model(inputs, training=False)
-        if spec.task == REGRESSION:
-            return {"predictions": outputs}
-        return {
-            "logits": outputs,
-            "probabilities": tf.nn.softmax(outputs),
-            "classes": tf.argmax(outputs, axis=-1),
-        }
+        return spec.task_type.serving_outputs(model(inputs, training=False))
 
     def serve_float(inputs):
         if spec.image:
@@ -117,8 +102,7 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
 def describe(spec: DataSpec) -> str:
     """The signatures in one line, for the CLI's message."""
     shape = ", ".join(str(d) for d in spec.input_shape)
-    outputs = {REGRESSION: f"predictions [batch, {spec.targets}]",
-               PER_STEP: f"classes [batch, {spec.output_steps}]"}.get(spec.task, "classes [batch]")
+    outputs = spec.task_type.describe_outputs(spec)
     text = f"serving_default <float32>[batch, {shape}]"
     if spec.image:
         text += f" in [0, 1], serve_uint8 <uint8>[batch, {shape}]"

@@ -21,7 +21,7 @@ def traced_ops(model) -> set[str]:
     import tensorflow as tf
 
     graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(
-        tf.TensorSpec([None, 28, 28], tf.float32)
+        tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
     ).graph.as_graph_def()
     return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
 

@@ -155,7 +155,7 @@ class StackedRNN(keras.layers.Layer):
 PERMUTATION_SEED = 1997  # Hochreiter & Schmidhuber's year; any fixed number would do, this one is documented.
 
 
-def pixel_permutation(length: int = 784, seed: int = PERMUTATION_SEED) -> np.ndarray:
+def pixel_permutation(length: int, seed: int = PERMUTATION_SEED) -> np.ndarray:
     """`<int64>[length]`: step t of a permuted sequence reads pixel `permutation[t]` of the row-major image."""
     return np.random.default_rng(seed).permutation(length)
 

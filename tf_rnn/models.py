@@ -6,8 +6,8 @@ import keras
 
 from tf_rnn import datasets
 from tf_rnn.config import TrainConfig
-from tf_rnn.datasets import PER_STEP, REGRESSION, DataSpec
-from tf_rnn.layers import Denormalize, LastSteps, SequenceView, StackedRNN
+from tf_rnn.datasets import DataSpec
+from tf_rnn.layers import SequenceView, StackedRNN
 
 
 def make_optimizer(config: TrainConfig, decay_steps: int | None = None) -> keras.optimizers.Optimizer:
@@ -67,10 +67,8 @@ def build_model(
     """Builds and compiles the model for the dataset's task.
 
     `<float32>[batch, T, F]` (images: `[batch, 28, 28]` in [0, 1], read as `config.sequence`) → StackedRNN →
-    - classification: last step → Dense → `<float32>[batch, classes]` logits;
-    - per-step classification: every step → the last `spec.output_steps` → Dense →
-      `<float32>[batch, steps, classes]` logits;
-    - regression: last step → Dense (standardised) → Denormalize → `<float32>[batch, targets]`.
+    the task's head (`tasks.Task.head`): classification `<float32>[batch, classes]` logits, per-step
+    classification `[batch, steps, classes]`, regression `[batch, targets]` in the targets' units.
 
     Args:
       config: architecture and optimizer settings.
@@ -81,10 +79,11 @@ def build_model(
         it must divide the epoch's steps).
 
     Returns:
-      A compiled model: cross-entropy on logits with an accuracy metric, or MSE with an MAE metric. Build it
-      inside `strategy.scope()` when training distributed.
+      A model compiled with the task's loss and metric. Build it inside `strategy.scope()` when training
+      distributed.
     """
     spec = spec or datasets.get(config.dataset).spec(config, None)
+    task = spec.task_type
     inputs = keras.Input(shape=spec.input_shape, dtype="float32", name=spec.input_name)
     # Rows need no layer: row-wise models stay exactly what they were (and what older tf_rnn versions load).
     x = SequenceView(config.sequence, name="sequence_view")(inputs) if config.sequence != "rows" else inputs
@@ -96,24 +95,15 @@ def build_model(
         activation=config.activation,
         l1=config.l1,
         l2=config.l2,
-        return_sequences=spec.task == PER_STEP,
+        return_sequences=task.return_sequences,
         name="rnn",
     )(x)
-    if spec.task == REGRESSION:
-        z = keras.layers.Dense(spec.targets, name="standardised")(features)
-        outputs = Denormalize(spec.target_mean, spec.target_std, name="predictions")(z)
-        loss, metric = keras.losses.MeanSquaredError(), keras.metrics.MeanAbsoluteError(name="mae")
-    else:
-        if spec.task == PER_STEP:
-            features = LastSteps(spec.output_steps, name="recalled_steps")(features)
-        outputs = keras.layers.Dense(spec.num_classes, name="logits")(features)
-        loss = SparseSmoothedCrossentropy(config.label_smoothing)
-        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    outputs = task.head(features, spec)
     if spec.image and config.sequence == "rows":
         name = f"{config.cell}_row_classifier"
     else:
         name = f"{config.cell}_{config.sequence + '_' if spec.image else ''}{spec.task}"
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=make_optimizer(config, decay_steps), loss=loss, metrics=[metric],
-                  steps_per_execution=steps_per_execution)
+    model.compile(optimizer=make_optimizer(config, decay_steps), loss=task.loss(config),
+                  metrics=task.compiled_metrics(), steps_per_execution=steps_per_execution)
     return model

@@ -12,21 +12,22 @@ import numpy as np
 
 from tf_rnn import cli
 from tf_rnn.cli import RunError, UsageError
-from tf_rnn.data import IMAGE_SHAPE, IMAGES_MAGIC
-from tf_rnn.datasets import PER_STEP, REGRESSION, DataSpec
-from tf_rnn.export import METADATA, image_spec
+from tf_rnn.datasets import DataSpec, image_spec
+from tf_rnn.export import METADATA
+from tf_rnn.mnist_files import IMAGES_MAGIC
 
 
 class InputError(RunError):
     """An input file cannot be classified. `str()` is one line naming the file and what is wrong."""
 
 
-def _as_images(array: np.ndarray, where: str) -> np.ndarray:
-    """`[28, 28]` or `[N, 28, 28]`, uint8 or float in [0, 1] → `<float32>[N, 28, 28]` in [0, 1]."""
+def _as_images(array: np.ndarray, where: str, shape: tuple[int, int]) -> np.ndarray:
+    """`[H, W]` or `[N, H, W]`, uint8 or float in [0, 1] → `<float32>[N, H, W]` in [0, 1]."""
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
-        raise InputError(f"{where}: shape {list(array.shape)}; expected [28, 28] or [N, 28, 28] images")
+    if array.ndim != 3 or array.shape[1:] != tuple(shape):
+        raise InputError(f"{where}: shape {list(array.shape)}; expected {list(shape)} or [N, {shape[0]}, {shape[1]}] "
+                         "images")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
@@ -50,8 +51,8 @@ def npz_inputs(path: Path) -> tuple[np.ndarray, str]:
         return z[key], f"{path}[{key}]"
 
 
-def read_images(path: Path) -> np.ndarray:
-    """Reads one file into `<float32>[N, 28, 28]` in [0, 1].
+def read_images(path: Path, spec: DataSpec) -> np.ndarray:
+    """Reads one file into `<float32>[N, H, W]` in [0, 1] (`spec.input_shape` is `[H, W]`).
 
     Raises:
       InputError: unreadable, not an image file we know, wrong size, NaN.
@@ -62,12 +63,12 @@ def read_images(path: Path) -> np.ndarray:
             import tensorflow as tf
 
             image = tf.io.decode_png(path.read_bytes(), channels=1).numpy()[..., 0]
-            return _as_images(image, str(path))
+            return _as_images(image, str(path), spec.input_shape)
         if name.endswith(".npy"):
-            return _as_images(np.load(path, allow_pickle=False), str(path))
+            return _as_images(np.load(path, allow_pickle=False), str(path), spec.input_shape)
         if name.endswith(".npz"):
             array, where = npz_inputs(path)
-            return _as_images(array, where)
+            return _as_images(array, where, spec.input_shape)
         if "idx3-ubyte" in name or name.endswith(".idx"):
             raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
             header = np.frombuffer(raw[:16], ">u4") if len(raw) >= 16 else None
@@ -76,7 +77,8 @@ def read_images(path: Path) -> np.ndarray:
             n, rows, cols = (int(v) for v in header[1:])
             if len(raw) != 16 + n * rows * cols:
                 raise InputError(f"{path}: {len(raw) - 16} pixel bytes, header promises {n}x{rows}x{cols}")
-            return _as_images(np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols), str(path))
+            return _as_images(np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols), str(path),
+                              spec.input_shape)
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zlib.error) as e:
@@ -118,18 +120,6 @@ def read_sequences(path: Path, spec: DataSpec) -> np.ndarray:
     return array
 
 
-def format_output(out: dict, k: int, spec: DataSpec) -> str:
-    """One example's answer: `3 (Dress)\tp=0.9731`, `1.0312` (regression), `4 1 8 ...` (per-step classes)."""
-    if spec.task == REGRESSION:
-        return "\t".join(f"{v:.4f}" for v in out["predictions"][k])
-    names = spec.class_names
-    if spec.task == PER_STEP:
-        return " ".join(names[c] if names else str(c) for c in out["classes"][k])
-    cls = out["classes"][k]
-    label = f"{cls} ({names[cls]})" if names else str(cls)
-    return f"{label}\tp={out['probabilities'][k][cls]:.4f}"
-
-
 @cli.entry_point()
 def main(argv=None) -> int:
     parser = cli.OneLineParser(prog="python -m tf_rnn.predict", description=__doc__)
@@ -148,8 +138,8 @@ def main(argv=None) -> int:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     # Exports older than the task registry hold only class names: they are image classifiers.
     spec = DataSpec.from_dict(meta["spec"]) if "spec" in meta else image_spec(meta.get("dataset"))
-    read = read_images if spec.image else (lambda p: read_sequences(p, spec))
-    batches = [(path, read(Path(path))) for path in args.files]
+    read = read_images if spec.image else read_sequences
+    batches = [(path, read(Path(path), spec)) for path in args.files]
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
@@ -158,7 +148,7 @@ def main(argv=None) -> int:
             out = {k: v.numpy() for k, v in serve(**{spec.input_name: tf.constant(inputs[start:start + args.batch_size])}).items()}
             for k in range(len(next(iter(out.values())))):
                 where = f"{path}[{start + k}]" if len(inputs) > 1 else str(path)
-                print(f"{where}\t{format_output(out, k, spec)}")
+                print(f"{where}\t{spec.task_type.format_output(out, k, spec)}")
     return 0
 
 

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_rnn import data
 from tf_rnn.config import TrainConfig
+from tf_rnn.datasets import DataSpec
 
 
-def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
+def write_run_header(logdir: Path, config: TrainConfig, model, spec: DataSpec) -> None:
     """The HParams summary (so the HParams dashboard compares runs) and the model's forward op graph.
 
     Keras 3's TensorBoard callback writes the conceptual (layer) graph but no longer the op graph on TF 2.21: we
     trace the inference function once and write it ourselves.
     """
-    import keras
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
@@ -25,8 +24,8 @@ def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
     graph = forward.get_concrete_function(tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)).graph
 
     hparams = {k: ("" if v is None else v) for k, v in config.to_dict().items()}
-    metric = "mae" if isinstance(model.loss, keras.losses.MeanSquaredError) else "accuracy"
-    test = ["test_mse", "test_mae"] if metric == "mae" else ["test_accuracy"]
+    task = spec.task_type
+    metric, test = task.metric, task.hparams_metrics
     with tf.summary.create_file_writer(str(logdir)).as_default():
         hp.hparams_config(
             hparams=[hp.HParam(k) for k in hparams],
@@ -38,13 +37,6 @@ def write_run_header(logdir: Path, config: TrainConfig, model) -> None:
         )
         hp.hparams(hparams)
         tf.summary.graph(graph)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = data.NUM_CLASSES):
-    """`<int64>[true, predicted]` counts."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, predictions), 1)
-    return cm
 
 
 def confusion_figure(cm: np.ndarray, class_names, title: str):
@@ -75,20 +67,18 @@ def confusion_png(cm: np.ndarray, class_names, title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_test_summaries(logdir: Path, metrics: dict, cm: np.ndarray | None, class_names, step: int) -> None:
-    """The test metrics (and, for classifiers, the confusion matrix image) under `test/` and at the root run."""
+def write_test_summaries(logdir: Path, metrics: dict, spec: DataSpec, step: int) -> None:
+    """The task's test metrics (and a confusion matrix image where the task has one) under `test/`, and again at
+    the root run, where the HParams dashboard looks for its metrics."""
     import tensorflow as tf
 
-    scalars = {k: metrics[k] for k in ("test_accuracy", "test_loss", "test_mse", "test_mae", "baseline_mse",
-                                       "baseline_loss") if k in metrics}
+    task, cm = spec.task_type, metrics.get("confusion_matrix")
     with tf.summary.create_file_writer(str(logdir / "test")).as_default():
-        for name, value in scalars.items():
-            tf.summary.scalar(name, value, step=step)
+        for name in task.test_scalars:
+            tf.summary.scalar(name, metrics[name], step=step)
         if cm is not None:
-            image = tf.image.decode_png(confusion_png(cm, class_names, "test-set confusion matrix"), channels=4)
-            tf.summary.image("confusion_matrix", image[None], step=step)
-    # Also at the root run, where the HParams dashboard looks for its metrics.
+            png = confusion_png(np.asarray(cm), spec.class_names, "test-set confusion matrix")
+            tf.summary.image("confusion_matrix", tf.image.decode_png(png, channels=4)[None], step=step)
     with tf.summary.create_file_writer(str(logdir)).as_default():
-        for name in ("test_accuracy", "test_mse", "test_mae"):
-            if name in metrics:
-                tf.summary.scalar(name, metrics[name], step=step)
+        for name in task.hparams_metrics:
+            tf.summary.scalar(name, metrics[name], step=step)

@@ -14,7 +14,8 @@ from typing import Optional
 
 from tf_rnn import cli
 from tf_rnn import config as config_lib
-from tf_rnn import data, datasets, tune_chief
+from tf_rnn import datasets, pipeline, tune_chief
+from tf_rnn.arrays import Arrays
 from tf_rnn.cli import RunError
 from tf_rnn.config import ConfigError, JobConfig, TrainConfig, flag_field
 from tf_rnn.datasets import DataSpec
@@ -161,10 +162,11 @@ def _hypermodel_class():
         """`build(hp)` samples the model's hyper-parameters and calls the same `build_model` training uses;
         `fit` samples the batch size, makes the pipelines for it and passes `**kwargs` to `model.fit`."""
 
-        def __init__(self, base: TrainConfig, arrays: data.Arrays, spec: DataSpec | None = None):
+        def __init__(self, base: TrainConfig, arrays: Arrays, spec: DataSpec | None = None):
             super().__init__(name="row_rnn", tunable=True)
             self.base, self.arrays = base, arrays
-            self.spec = spec or datasets.get(base.dataset).spec(base, arrays)
+            self.entry = datasets.get(base.dataset)
+            self.spec = spec or self.entry.spec(base, arrays)
 
         def config(self, hp) -> TrainConfig:
             values = {name: sample(hp, name, spec) for name, spec in SEARCH_SPACE.items()}
@@ -184,8 +186,9 @@ def _hypermodel_class():
 
         def fit(self, hp, model, *args, **kwargs):
             batch = hp.Choice("batch_size", BATCH_SIZES, default=self.base.batch_size)
-            splits = data.make_splits(
-                self.arrays, batch, self.base.validation_split, self.base.seed, hflip=self.base.hflip
+            splits = pipeline.make_splits(
+                self.arrays, batch, self.base.validation_split, self.base.seed,
+                hflip=self.entry.mirrors(self.base.augment),
             )
             kwargs.setdefault("epochs", self.base.epochs)
             return model.fit(
@@ -196,7 +199,7 @@ def _hypermodel_class():
     return RowRNNHyperModel
 
 
-def make_tuner(tune: TuneConfig, workdir: Path, arrays: data.Arrays, strategy=None, overwrite: bool = False,
+def make_tuner(tune: TuneConfig, workdir: Path, arrays: Arrays, strategy=None, overwrite: bool = False,
                spec: DataSpec | None = None):
     import keras_tuner as kt
 
@@ -215,7 +218,7 @@ def make_tuner(tune: TuneConfig, workdir: Path, arrays: data.Arrays, strategy=No
     spec = hypermodel.spec
     common = dict(
         # Validation only (val_accuracy, or val_loss for regression): the test set never enters the search.
-        objective=kt.Objective(*spec.monitor),
+        objective=kt.Objective(*spec.task_type.monitor),
         directory=str(workdir), project_name=PROJECT, overwrite=overwrite, seed=tune.seed,
         distribution_strategy=strategy,
     )
@@ -291,7 +294,7 @@ def check_workdir(tune: TuneConfig, workdir: Path, overwrite: bool) -> None:
         shutil.rmtree(workdir / "best_run")  # Asked for: --overwrite discards the old search's results too.
 
 
-def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None, overwrite=False,
+def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, overwrite=False,
                       extra_callbacks=(), role: Role | None = None) -> dict:
     """Runs (or resumes) the search, writes trials.csv and best_config.json, retrains the best once, tests it.
 
@@ -303,7 +306,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
     Args:
       tune: the search settings.
       workdir: holds keras-tuner's state (`search/`), per-trial TensorBoard logs, the results and `best_run/`.
-      datasets: in-memory arrays instead of loading `tune.dataset` (tests).
+      arrays: in-memory arrays instead of loading `tune.dataset` (tests).
       strategy: a tf.distribute strategy instead of `tune.strategy`.
       overwrite: discard an existing search in `workdir` (never done without it).
       extra_callbacks: Keras callbacks added to every trial (tests interrupt a search with one).
@@ -314,10 +317,9 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
     """
     import keras
 
-    from tf_rnn import datasets as datasets_lib
-    from tf_rnn.callbacks import write_json
     from tf_rnn.distribute import get_strategy
     from tf_rnn.train import train_and_evaluate
+    from tf_rnn.workdir import write_json
 
     workdir = Path(workdir)
     role = role or role_from_env()
@@ -331,10 +333,10 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
                            "process of a search needs the chief's workdir (shared storage, same path)")
     check_workdir(tune, workdir, overwrite)
     strategy = strategy or get_strategy(tune.strategy)
-    if datasets is None:
-        arrays, spec = datasets_lib.load(tune)
+    if arrays is None:
+        arrays, spec = datasets.load(tune)
     else:
-        arrays, spec = datasets_lib.validate(tune, datasets, "datasets=")
+        arrays, spec = datasets.validate(tune, arrays, "arrays=")
     # Only now, with the data loaded: a search that could not start leaves no workdir to refuse the next command.
     if role.kind != "worker":  # Workers write only their trials' own files.
         workdir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +346,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
 
     fused.prepare(tune.base_config())  # Trials may pick LSTMs: any first build happens now, not inside a trial.
     tuner = make_tuner(tune, workdir, arrays, strategy, overwrite, spec=spec)
-    monitor, mode = spec.monitor
+    monitor, mode = spec.task_type.monitor
     callbacks = [
         keras.callbacks.EarlyStopping(monitor, patience=tune.early_stopping_patience, mode=mode),
         # keras-tuner moves this into tensorboard/<trial> and adds that trial's HParams summary.
@@ -388,7 +390,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, datasets=None, strategy=None
     if (run_dir / "metrics.json").exists():  # A resumed search whose retraining already finished.
         metrics = json.loads((run_dir / "metrics.json").read_text())
     else:
-        metrics = train_and_evaluate(best, run_dir, datasets=arrays, strategy=strategy)
+        metrics = train_and_evaluate(best, run_dir, arrays=arrays, strategy=strategy)
     return {**metrics, "best_config": best.to_dict(), "finished_trials": len(rows)}
 
 
