@@ -87,6 +87,15 @@ BUGS = [
  ("throughput: every batch counted full", "tf_rnn/callbacks.py", "self.samples += (steps - self.steps) * self.global_batch - epoch_ends * short", "self.samples += (steps - self.steps) * self.global_batch", "tests/test_callbacks.py -k throughput"),
  ("NaN blamed on an execution's last step", "tf_rnn/callbacks.py", "self.bad_steps = (self.last_good + 1, now)", "self.bad_steps = (now, now)", "tests/test_train.py -k nan"),
  ("resume refused under another per-call", "tf_rnn/workdir.py", 'RESUMABLE_CHANGES = frozenset({"data_dir", "strategy", "steps_per_execution"})', 'RESUMABLE_CHANGES = frozenset({"data_dir", "strategy"})', "tests/test_train.py -k resumes_under"),
+ # The six survivors of an outside mutation audit, and two bugs only one unrelated test used to catch.
+ ("npz uint8 labels refused", "tf_rnn/datasets.py", "    if np.issubdtype(y.dtype, np.integer):", "    if np.issubdtype(y.dtype, np.signedinteger):", "tests/test_contracts.py -k npz"),
+ ("resumed budget not in steps", "tf_rnn/train.py", "return max(0, total_steps - (resumed_from or 0) * steps_per_epoch)", "return max(0, total_steps - (resumed_from or 0))", "tests/test_contracts.py -k resumed_run"),
+ ("FAILED trial retried after a chief restart", "tf_rnn/tune_chief.py", "over = {trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED}", "over = {trial_module.TrialStatus.COMPLETED}", "tests/test_contracts.py -k reloaded_oracle"),
+ ("chief0 becomes a worker", "tf_rnn/tune.py", '"chief" if "chief" in tuner_id else "worker"', '"chief" if tuner_id == "chief" else "worker"', "tests/test_contracts.py -k chief"),
+ ("config file's dataset loses its defaults", "tf_rnn/config.py", 'dataset = overrides.get("dataset", file_values.get("dataset", TrainConfig.dataset))', 'dataset = overrides.get("dataset", TrainConfig.dataset)', "tests/test_contracts.py -k config"),
+ ("test_examples counts recalled steps", "tf_rnn/tasks.py", '"test_examples": int(len(targets))', '"test_examples": int(targets.size)', "tests/test_contracts.py -k records"),
+ ("resumed stream replays epoch 0", "tf_rnn/pipeline.py", "Dataset.range(first_epoch, 2**62)", "Dataset.range(0, 2**62)", "tests/test_data.py -k stream_started"),
+ ("serve_uint8 divides by 256", "tf_rnn/export.py", "tf.cast(images, tf.float32) / 255.0", "tf.cast(images, tf.float32) / 256.0", "tests/test_contracts.py -k saved_model_answers"),
 ]
 
 
@@ -108,8 +117,9 @@ def main(only: list[str]) -> int:
                "TF_RNN_CACHE": os.environ.get("TF_RNN_CACHE", str(SRC / ".cache" / "tf_rnn"))}
         cmd = f"{PY} -m pytest -q -x -m 'not slow' -p no:cacheprovider {tests}"
         out = subprocess.run(cmd, shell=True, cwd=tree, env=env, capture_output=True, text=True)
-        failed = [line.split(" - ")[0].removeprefix("FAILED ") for line in out.stdout.splitlines()
-                  if line.startswith("FAILED")]
+        # A test whose fixture fails (ERROR) is caught too: the bug broke what the test needs.
+        failed = [line.split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ")
+                  for line in out.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
         caught = out.returncode == 1 and bool(failed)
         survived += not caught
         print(f"{i:2d} {'caught  ' if caught else 'SURVIVED'} {name:40s} {failed[0] if failed else out.stdout[-200:]}",

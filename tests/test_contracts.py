@@ -357,3 +357,19 @@ def test_config_errors_name_the_flag_once():
     with pytest.raises(ConfigError) as e:
         config_lib.resolve(overrides={"units": 0})
     assert str(e.value).count("--units") == 1
+
+
+def test_every_planted_bug_still_matches_the_code_exactly_once():
+    """tests/planted_bugs.py plants each bug by replacing its correct text; text that drifted from the code would
+    plant nothing (and the list would claim a promise it no longer checks)."""
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("planted_bugs", root / "tests" / "planted_bugs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    drifted = [(name, file) for name, file, correct, _, _ in module.BUGS
+               if (root / file).read_text().count(correct) != 1]
+    assert drifted == []
+    assert all((root / test.split()[0]).is_file() for *_, tests in module.BUGS for test in [tests])

@@ -174,6 +174,19 @@ def test_shuffle_is_seeded(tiny):
     assert not np.array_equal(first[0], first[2])
 
 
+def test_a_stream_started_at_epoch_e_is_the_uninterrupted_streams_epoch_e(tiny):
+    """A resumed run rebuilds its stream at the first unfinished epoch: it must see that epoch's batches, not
+    epoch 0's again."""
+    (x, y), _ = pipeline.split_validation(tiny.x_train, tiny.y_train, 0.0, seed=3)
+    batches_per_epoch = -(-len(x) // 100)
+    whole = [b[1].numpy() for b in pipeline.training_stream(x, y, 100, seed=3, hflip=True).take(3 * batches_per_epoch)]
+    resumed = [b[1].numpy() for b in pipeline.training_stream(x, y, 100, seed=3, first_epoch=2, hflip=True)
+               .take(batches_per_epoch)]
+    for got, want in zip(resumed, whole[2 * batches_per_epoch:]):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(resumed[0], whole[0])
+
+
 def test_real_fashion_mnist_loads_and_verifies(fashion_dir, isolated_data_env, monkeypatch):
     monkeypatch.setattr(mnist_files, "COUNTS", {"train": 60_000, "test": 10_000})
     arrays = datasets.load_images("fashion_mnist", data_dir=fashion_dir, download=False)

@@ -164,13 +164,15 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(tmp_path, capsys):
-    straight = run(tmp_path, "straight", epochs=4)
+@pytest.mark.parametrize("steps", [None, 58])  # 58: a budget that ends 2 steps into the 4th epoch of 15 steps.
+def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(tmp_path, capsys, steps):
+    straight = run(tmp_path, "straight", epochs=4, steps=steps)
+    assert straight["steps"] == (steps or 60)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "resumed", epochs=4, callbacks=[Interrupt(2)])
+        run(tmp_path, "resumed", epochs=4, steps=steps, callbacks=[Interrupt(2)])
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     capsys.readouterr()
-    resumed = run(tmp_path, "resumed", epochs=4)
+    resumed = run(tmp_path, "resumed", epochs=4, steps=steps)
     assert "Resuming from epoch 2" in capsys.readouterr().out
     assert resumed["resumed_from_epoch"] == 2 and resumed["epochs"] == 4 and resumed["steps"] == straight["steps"]
     # Per-epoch seeded shuffling + restored optimizer state: the resumed run is the uninterrupted run.

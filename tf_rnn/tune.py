@@ -1,4 +1,21 @@
-"""Tune: keras-tuner search over the seed's advice (cells, depth, dropout, optimizers, lr, l2), alone or as chief/worker."""
+"""Tune: keras-tuner search over the seed's advice (cells, depth, dropout, optimizers, lr, l2), alone or as chief/worker.
+
+A distributed search: the same command runs as keras-tuner's chief or as a worker, by keras-tuner's variables
+(`KERASTUNER_ORACLE_IP`/`_PORT`, `KERASTUNER_TUNER_ID`: an id containing `chief` is the chief); the workdir is
+storage all of them share. What happens when a process dies:
+
+- A worker killed mid-trial (even SIGKILL) and started again with the same `KERASTUNER_TUNER_ID` gets its
+  interrupted trial back; the chief waits for a dead worker's unfinished trial, so restart it (or start a worker
+  with its id).
+- A chief killed and started again with the same command reloads the oracle from the workdir and serves again
+  (`tune_chief.serve`; keras-tuner's own server hangs after a restart: keras-team/keras-tuner#915). The workers
+  wait for it, each call up to `--chief-timeout` seconds; the trial a worker was running is kept when it reports
+  it; trials of workers that died too go back in the queue; finished (completed or failed) trials never run again.
+- A worker that cannot reach the chief fails within `--chief-timeout` seconds with one line naming the address,
+  and so does one whose chief stays away longer, at its next call: start it again once the chief is back.
+- `--overwrite` is the chief's alone; workers write only their trials' files (checkpoints, `tensorboard/<trial>`,
+  `search/<worker>.json`). The chief writes `trials.csv`, `best_config.json` and `best_run/` when the search ends.
+"""
 
 from __future__ import annotations
 
