@@ -69,12 +69,7 @@ class Run:
     epochs: int
     resumed_from: int | None  # Finished epochs in the backup, or None for a fresh run.
     per_call: int  # Optimizer steps per call of Keras' train function.
-
-    @property
-    def custom_loop(self) -> bool:
-        from tf_rnn.distribute import needs_custom_loop
-
-        return needs_custom_loop(self.strategy)
+    custom_loop: bool  # Multi-worker: tf_rnn's own loop instead of Keras' fit (distribute.needs_custom_loop).
 
 
 def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, strategy=None) -> Run:
@@ -113,7 +108,8 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
     total_steps = config.epochs * steps_per_epoch
     if config.steps:
         total_steps = min(total_steps, config.steps)
-    if needs_custom_loop(strategy) or replicas > 1:
+    custom_loop = needs_custom_loop(strategy)
+    if custom_loop or replicas > 1:
         # Our multi-worker loop steps once per call, and Keras' multi-step loop fails under MirroredStrategy with
         # several replicas ("You must feed a value for placeholder tensor", keras-team/keras#19246, open).
         per_call, why = 1, f"{strategy_name(strategy)} with {replicas} replica(s) runs one step per call"
@@ -123,7 +119,8 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
     if per_call != config.steps_per_execution:
         print(f"--steps-per-execution {config.steps_per_execution} runs as {per_call}: {why}")
     return Run(config, workdir, strategy, chief, spec, splits, global_batch, steps_per_epoch, total_steps,
-               epochs=math.ceil(total_steps / steps_per_epoch), resumed_from=resumed_from, per_call=per_call)
+               epochs=math.ceil(total_steps / steps_per_epoch), resumed_from=resumed_from, per_call=per_call,
+               custom_loop=custom_loop)
 
 
 def build(run: Run):
