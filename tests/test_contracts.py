@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from support import synthetic_arrays
 from tf_rnn import config as config_lib
-from tf_rnn import datasets, predict, tasks, train, tune, tune_chief
+from tf_rnn import cli, datasets, predict, tasks, train, tune, tune_chief
 from tf_rnn.arrays import Arrays, DataError
 from tf_rnn.config import ConfigError, TrainConfig
 from tf_rnn.datasets import DataSpec
@@ -315,6 +315,33 @@ def test_role_is_keras_tuners_rule_a_tuner_id_containing_chief_is_the_chief(tune
     role = tune.role_from_env(env)
     assert role.kind == ("chief" if "chief" in tuner_id else "worker")
     assert role.tuner_id == tuner_id and role.address == f"127.0.0.1:{port}"
+
+
+@SETTINGS
+@given(tuner_id=st.text(alphabet="abcdefhiorkw0123456789-", min_size=1, max_size=10), with_ip=st.booleans(),
+       with_rest=st.booleans())
+def test_role_agrees_with_keras_tuners_own_reading_of_the_environment(monkeypatch, tuner_id, with_ip, with_rest):
+    """The role tf_rnn prints and acts on is the one keras-tuner's tuner acts on: the two never disagree (where
+    keras-tuner raises on missing variables, tf_rnn refuses them in one line)."""
+    from keras_tuner.src.distribute import utils as dist_utils
+
+    env = {**({"KERASTUNER_ORACLE_IP": "127.0.0.1"} if with_ip else {}),
+           **({"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_PORT": "8000"} if with_rest else {})}
+    with monkeypatch.context() as mp:
+        for name in tune.ORACLE_ENV:
+            mp.delenv(name, raising=False)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        try:
+            theirs = ("chief" if dist_utils.is_chief_oracle() else "worker") if dist_utils.has_chief_oracle() \
+                else "single"
+        except RuntimeError:
+            theirs = "refused"
+    try:
+        ours = tune.role_from_env(env).kind
+    except cli.UsageError:
+        ours = "refused"
+    assert ours == theirs
 
 
 @pytest.mark.parametrize("tuner_id", ["chief0", "chief", "the-chief-1"])

@@ -141,18 +141,20 @@ def test_bridge_never_overwrites(tmp_path, capsys):
 
 
 def test_gate_reorder_against_the_seed_equations():
-    # Independent reference: one TF1 step written in numpy from the seed's equations.
+    # Independent reference: one TF1 step written in numpy from the seed's equations, from a non-zero state so
+    # that every gate (the forget gate and its bias included) shapes the output.
     rng = np.random.default_rng(0)
     units, kernel, bias = 8, rng.normal(0, 0.5, (36, 32)).astype("float32"), rng.normal(0, 0.5, 32).astype("float32")
     x = rng.normal(size=(3, 1, 28)).astype("float32")
+    h0, c0 = rng.normal(size=(3, units)).astype("float32"), rng.normal(size=(3, units)).astype("float32")
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
-    i, j, f, o = np.split(np.concatenate([x[:, 0], np.zeros((3, units))], 1) @ kernel + bias, 4, axis=1)
-    c = sig(f + 1.0) * 0 + sig(i) * np.tanh(j)
+    i, j, f, o = np.split(np.concatenate([x[:, 0], h0], 1) @ kernel + bias, 4, axis=1)
+    c = sig(f + 1.0) * c0 + sig(i) * np.tanh(j)
     expected = np.tanh(c) * sig(o)
     lstm = keras.layers.LSTM(units)
     lstm.build(x.shape)
     lstm.set_weights(convert_tf1.tf1_to_keras_lstm(kernel, bias, forget_bias=1.0))
-    np.testing.assert_allclose(lstm(x), expected, atol=1e-5)
+    np.testing.assert_allclose(lstm(x, initial_state=[h0, c0]), expected, atol=1e-5)
 
 
 def test_main_reports_accuracy_against_the_true_test_labels(tmp_path, monkeypatch):

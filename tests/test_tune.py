@@ -139,7 +139,7 @@ def test_a_search_that_cannot_load_its_data_leaves_no_workdir(tmp_path, capsys, 
 
 
 def test_no_finished_trial_is_a_run_error_exit_1(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(kt.RandomSearch, "search", lambda self, *a, **k: None)  # Every trial failed.
+    monkeypatch.setattr(kt.Tuner, "search", lambda self, *a, **k: None)  # Every trial failed.
     monkeypatch.setattr(tune.datasets, "load_images", lambda *a, **k: synthetic_arrays())
     with pytest.raises(SystemExit) as e:
         tune.main(["--workdir", str(tmp_path / "s"), "--tuner", "random", "--max-trials", "2"])

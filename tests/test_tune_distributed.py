@@ -209,22 +209,22 @@ def test_a_chief_killed_and_restarted_resumes_the_search(tmp_path):
 
 
 def oracle_in(directory, max_trials=3):
+    """The oracle a chief serves: keras-tuner's, made restart-safe as `tune.make_tuner` makes it."""
     import keras_tuner as kt
 
-    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials,
-                                           seed=0)
+    from tf_rnn import tune_chief
+
+    oracle_class = tune_chief.restart_safe(kt.oracles.RandomSearchOracle)
+    oracle = oracle_class(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=0)
     oracle.hyperparameters.Float("lr", 1e-4, 1e-2, sampling="log")
     oracle._set_project_dir(str(directory), "search")
     return oracle
 
 
 def restarted(directory):
-    """A chief that died and came back: a new oracle reloaded from disk, repaired as `tune` does."""
-    from tf_rnn import tune_chief
-
+    """A chief that died and came back: a new oracle reloaded from disk (as keras-tuner's tuner reloads it)."""
     oracle = oracle_in(directory)
     oracle.reload()
-    tune_chief.repair_reloaded_oracle(oracle)
     return oracle
 
 
@@ -232,16 +232,15 @@ def finish(oracle, trial_id, accuracy=0.5, served=False):
     """Ends a trial as a worker would: through the chief's gRPC servicer when `served` (the requests a worker
     sends, without the network), else by calling the oracle as a single-process search does."""
     from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
     from keras_tuner.src.engine import trial as trial_module
-
-    from tf_rnn import tune_chief
 
     if not served:
         oracle.update_trial(trial_id, {"val_accuracy": accuracy})
         trial = oracle.get_trial(trial_id)
         trial.status = trial_module.TrialStatus.COMPLETED
         return oracle.end_trial(trial)
-    service, servicer = protos.get_service(), tune_chief._servicer_class()(oracle)
+    service, servicer = protos.get_service(), OracleServicer(oracle)  # keras-tuner's own, as the chief serves.
     reply = servicer.UpdateTrial(service.UpdateTrialRequest(trial_id=trial_id, metrics={"val_accuracy": accuracy}),
                                  None)
     trial = trial_module.Trial.from_proto(reply.trial)
@@ -285,57 +284,54 @@ def test_a_trial_killed_with_the_chief_is_run_again(tmp_path):
     assert again.create_trial("worker1").trial_id == running
 
 
-def test_a_failing_oracle_call_does_not_leave_the_chief_stuck(tmp_path):
+@pytest.mark.parametrize("call", ["update_trial", "end_trial", "create_trial"])
+def test_a_failing_oracle_call_does_not_leave_the_chief_stuck(tmp_path, call):
     from keras_tuner.src import protos
-
-    from tf_rnn import tune_chief
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+    from keras_tuner.src.engine import trial as trial_module
 
     oracle = oracle_in(tmp_path)
-    servicer = tune_chief._servicer_class()(oracle)
+    servicer, service = OracleServicer(oracle), protos.get_service()
+    if call == "create_trial":  # A failure inside keras-tuner's own create_trial (its populate_space).
+        oracle.populate_space = lambda trial_id: {}["boom"]
     with pytest.raises(KeyError):
-        servicer.UpdateTrial(protos.get_service().UpdateTrialRequest(trial_id="nope"), None)
-    assert exits_in_time(oracle)  # keras-tuner's own server would wait on the lock forever here.
+        if call == "update_trial":
+            servicer.UpdateTrial(service.UpdateTrialRequest(trial_id="nope"), None)
+        elif call == "end_trial":
+            unknown = trial_module.Trial(oracle.get_space(), trial_id="nope", status="COMPLETED")
+            servicer.EndTrial(service.EndTrialRequest(trial=unknown.to_proto()), None)
+        else:
+            servicer.CreateTrial(service.CreateTrialRequest(tuner_id="worker0"), None)
+    assert exits_in_time(oracle)  # keras-tuner's oracle alone would wait on the lock forever here.
 
 
-def test_a_chief_that_cannot_bind_says_so_in_one_line(tmp_path):
-    from tf_rnn import tune_chief
-    from tf_rnn.cli import RunError
-
+def test_a_chief_that_cannot_bind_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-        errors = []
-
-        def serve():
-            try:
-                tune_chief.serve(oracle_in(tmp_path), address)
-            except RunError as e:
-                errors.append(str(e))
-
-        thread = threading.Thread(target=serve, daemon=True)  # Serving on nothing would wait forever.
-        thread.start()
-        thread.join(20)
-    assert errors and f"cannot serve at {address}" in errors[0] and "\n" not in errors[0], errors
+        port = s.getsockname()[1]
+        worker_env(monkeypatch, port, tuner_id="chief")
+        with pytest.raises(SystemExit) as e:  # keras-tuner's own server would bind nothing and wait forever.
+            tune.main(["--workdir", str(tmp_path / "s"), "--dataset", tiny_npz(tmp_path), "--max-trials", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"cannot serve at 127.0.0.1:{port}" in err and err.count("\n") == 1, err
 
 
 def test_a_restarted_chief_serves_the_interrupted_trial_to_its_worker_over_grpc(tmp_path, monkeypatch):
-    """keras-tuner's own client against `tune_chief.serve` on localhost: the worker ends the trial it was running
-    when the chief died, then asks for more until the search is over, and the server returns."""
-    from keras_tuner.src.distribute import oracle_client
+    """keras-tuner's own client against keras-tuner's own server on localhost, serving the restart-safe oracle: the
+    worker ends the trial it was running when the chief died, then asks for more until the search is over, and
+    the server returns."""
+    from keras_tuner.src.distribute import oracle_chief, oracle_client
     from keras_tuner.src.engine import trial as trial_module
-
-    from tf_rnn import tune_chief
 
     oracle = oracle_in(tmp_path)
     finish(oracle, oracle.create_trial("worker0").trial_id)
     running = oracle.create_trial("worker0").trial_id
-    again = oracle_in(tmp_path)
-    again.reload()  # As keras-tuner's tuner does; `serve` must repair it.
+    again = restarted(tmp_path)
     port = free_port()
-    server = threading.Thread(target=tune_chief.serve, args=(again, f"127.0.0.1:{port}", 0.05), daemon=True)
+    worker_env(monkeypatch, port)  # keras-tuner's server reads the address from the environment too.
+    server = threading.Thread(target=oracle_chief.start_server, args=(again,), daemon=True)
     server.start()
-    worker_env(monkeypatch, port)
     client = oracle_client.OracleClient(oracle_in(tmp_path / "worker"))
     ended = []
 
@@ -354,24 +350,49 @@ def test_a_restarted_chief_serves_the_interrupted_trial_to_its_worker_over_grpc(
     assert again.get_best_trials(1)[0].trial_id == running
 
 
-def test_the_chief_serves_through_the_restart_safe_server(tmp_path, monkeypatch):
-    from tf_rnn import tune_chief
+def test_the_chief_serves_the_restart_safe_oracle_through_keras_tuner(tmp_path, monkeypatch):
+    from keras_tuner.src.distribute import oracle_chief
 
     served = []
 
-    def serve(oracle, address, poll_s=1.0):
-        served.append(address)
-        raise KeyboardInterrupt  # Stop here: the chief's serving is what this test is about.
-
     def keras_tuners_server(oracle):
-        raise KeyboardInterrupt  # It would serve forever, and hang for good after a failed call.
+        served.append(oracle)
+        raise KeyboardInterrupt  # Stop here: what the chief serves is what this test is about.
 
-    from keras_tuner.src.distribute import oracle_chief
-
-    monkeypatch.setattr(tune_chief, "serve", serve)
     monkeypatch.setattr(oracle_chief, "start_server", keras_tuners_server)
     port = free_port()
     worker_env(monkeypatch, port, tuner_id="chief")
     with pytest.raises(SystemExit) as e:
         tune.main(["--workdir", str(tmp_path / "s"), "--dataset", tiny_npz(tmp_path), "--max-trials", "2"])
-    assert e.value.code == 130 and served == [f"127.0.0.1:{port}"]
+    assert e.value.code == 130 and len(served) == 1 and getattr(served[0], "restart_safe", False)
+    assert served[0].max_trials == 2  # Hyperband's cap, on the oracle the chief serves.
+
+
+def test_a_worker_bounds_every_call_to_the_chief(tmp_path, monkeypatch):
+    """keras-tuner's client waits up to an hour per call; a worker's calls carry --chief-timeout instead."""
+    from tf_rnn import tune_chief
+
+    calls = []
+
+    class Stub:
+        def CreateTrial(self, request, **kwargs):
+            calls.append(kwargs)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune, "wait_for_chief", lambda role, timeout: None)
+    real_make = tune.make_tuner
+
+    def make(*args, **kwargs):
+        tuner = real_make(*args, **kwargs)
+        tuner.oracle.stub = Stub()
+        return tuner
+
+    monkeypatch.setattr(tune, "make_tuner", make)
+    worker_env(monkeypatch, free_port())
+    (tmp_path / "s").mkdir()
+    settings_ = tune.TuneConfig(dataset=tiny_npz(tmp_path), max_trials=2, chief_timeout=7.5)
+    (tmp_path / "s" / tune.TUNE_CONFIG_FILE).write_text(__import__("json").dumps(settings_.to_dict()))
+    assert tune_chief.KERAS_TUNER_SERIES  # The bound relies on keras-tuner 1.4's client (its `stub`).
+    with pytest.raises(KeyboardInterrupt):
+        tune.tune_and_evaluate(settings_, tmp_path / "s")
+    assert calls and all(c.get("timeout") == 7.5 for c in calls)

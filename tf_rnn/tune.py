@@ -8,7 +8,7 @@ storage all of them share. What happens when a process dies:
   interrupted trial back; the chief waits for a dead worker's unfinished trial, so restart it (or start a worker
   with its id).
 - A chief killed and started again with the same command reloads the oracle from the workdir and serves again
-  (`tune_chief.serve`; keras-tuner's own server hangs after a restart: keras-team/keras-tuner#915). The workers
+  (`tune_chief.restart_safe` repairs what keras-tuner 1.4 gets wrong after a restart). The workers
   wait for it, each call up to `--chief-timeout` seconds; the trial a worker was running is kept when it reports
   it; trials of workers that died too go back in the queue; finished (completed or failed) trials never run again.
 - A worker that cannot reach the chief fails within `--chief-timeout` seconds with one line naming the address,
@@ -135,16 +135,12 @@ def role_from_env(env=os.environ) -> Role:
 
 
 def wait_for_chief(role: Role, timeout: float) -> None:
-    """Returns once the chief's oracle answers at `role.address`, and bounds every later call to it.
-
-    keras-tuner's client waits for the server (`wait_for_ready`) up to an hour per call: a wrong address or a dead
-    chief would look like a hang. Here the first contact has `timeout` seconds, and so has each later call.
+    """Returns once the chief's oracle answers at `role.address`.
 
     Raises:
       RunError: nothing answered at the address within `timeout` seconds.
     """
     import grpc
-    from keras_tuner.src.distribute import oracle_client
 
     channel = grpc.insecure_channel(role.address)
     try:
@@ -156,7 +152,6 @@ def wait_for_chief(role: Role, timeout: float) -> None:
         ) from None
     finally:
         channel.close()
-    oracle_client.TIMEOUT = timeout
 
 
 def sample(hp, name: str, spec):
@@ -216,14 +211,12 @@ def _hypermodel_class():
     return RowRNNHyperModel
 
 
-def make_tuner(tune: TuneConfig, workdir: Path, arrays: Arrays, strategy=None, overwrite: bool = False,
-               spec: DataSpec | None = None):
+def _tuner_classes():
+    """keras-tuner's Tuner and its Hyperband variant (which reads each trial's epochs from the oracle), both
+    printing each trial this process finishes (on a worker the oracle's display is the chief's)."""
     import keras_tuner as kt
 
     class Reporting:
-        """Prints each trial this process finishes (on a worker the oracle's display is the chief's) and keeps
-        their ids."""
-
         finished: list
 
         def on_trial_end(self, trial):
@@ -231,28 +224,51 @@ def make_tuner(tune: TuneConfig, workdir: Path, arrays: Arrays, strategy=None, o
             self.finished = [*getattr(self, "finished", []), trial.trial_id]
             print(f"tuner {self.tuner_id}: trial {trial.trial_id} finished", flush=True)
 
+    class ReportingTuner(Reporting, kt.Tuner):
+        pass
+
+    class ReportingHyperband(Reporting, kt.Hyperband):
+        def __init__(self, oracle, hypermodel, **kwargs):
+            # kt.Hyperband.__init__ only builds a HyperbandOracle of its own; this one is given.
+            kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+    return ReportingTuner, ReportingHyperband
+
+
+def make_tuner(tune: TuneConfig, workdir: Path, arrays: Arrays, strategy=None, overwrite: bool = False,
+               spec: DataSpec | None = None):
+    """The search's tuner: `tune.tuner`'s oracle class made restart-safe (`tune_chief.restart_safe`), and
+    keras-tuner's Tuner (Hyperband's for `hyperband`) over tf_rnn's hypermodel."""
+    import keras_tuner as kt
+
     hypermodel = _hypermodel_class()(tune.base_config(), arrays, spec)
-    spec = hypermodel.spec
-    common = dict(
-        # Validation only (val_accuracy, or val_loss for regression): the test set never enters the search.
-        objective=kt.Objective(*spec.task_type.monitor),
-        directory=str(workdir), project_name=PROJECT, overwrite=overwrite, seed=tune.seed,
-        distribution_strategy=strategy,
-    )
+    # Validation only (val_accuracy, or val_loss for regression): the test set never enters the search.
+    objective = kt.Objective(*hypermodel.spec.task_type.monitor)
     if tune.tuner == "hyperband":
-        tuner = type("Hyperband", (Reporting, kt.Hyperband), {})(hypermodel, max_epochs=tune.epochs, factor=3,
-                                                                  **common)
-        # Hyperband has no max_trials of its own; the base Oracle checks it. (A worker's oracle is a proxy: the
-        # chief's own oracle carries the cap.)
-        if isinstance(tuner.oracle, kt.Oracle):
-            tuner.oracle.max_trials = tune.max_trials
-    elif tune.tuner == "bayesian":
-        tuner = type("BayesianOptimization", (Reporting, kt.BayesianOptimization), {})(
-            hypermodel, max_trials=tune.max_trials, **common)
+        oracle = tune_chief.restart_safe(kt.oracles.HyperbandOracle)(
+            objective, max_epochs=tune.epochs, factor=3, seed=tune.seed)
+        # Hyperband has no max_trials of its own; the base Oracle checks it.
+        oracle.max_trials = tune.max_trials
     else:
-        tuner = type("RandomSearch", (Reporting, kt.RandomSearch), {})(hypermodel, max_trials=tune.max_trials,
-                                                                       **common)
-    return tuner
+        oracle_class = {"bayesian": kt.oracles.BayesianOptimizationOracle,
+                        "random": kt.oracles.RandomSearchOracle}[tune.tuner]
+        oracle = tune_chief.restart_safe(oracle_class)(objective, max_trials=tune.max_trials, seed=tune.seed)
+    tuner_class, hyperband_class = _tuner_classes()
+    return (hyperband_class if tune.tuner == "hyperband" else tuner_class)(
+        oracle=oracle, hypermodel=hypermodel, directory=str(workdir), project_name=PROJECT, overwrite=overwrite,
+        distribution_strategy=strategy)
+
+
+class _Bounded:
+    """A gRPC stub whose every call waits at most `timeout` seconds: keras-tuner's client waits up to an hour per
+    call, so a dead chief would look like a hang."""
+
+    def __init__(self, stub, timeout: float):
+        self._stub, self._timeout = stub, timeout
+
+    def __getattr__(self, name):
+        call = getattr(self._stub, name)
+        return lambda request, **kwargs: call(request, **{**kwargs, "timeout": self._timeout})
 
 
 def _rpc_reason(error: Exception) -> str:
@@ -362,7 +378,13 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
     from tf_rnn import fused
 
     fused.prepare(tune.base_config())  # Trials may pick LSTMs: any first build happens now, not inside a trial.
+    if role.kind != "single":
+        tune_chief.check_keras_tuner()
+    if role.kind == "chief":
+        tune_chief.check_address(role.address)
     tuner = make_tuner(tune, workdir, arrays, strategy, overwrite, spec=spec)
+    if role.kind == "worker":  # keras-tuner's client for the chief's oracle: each call bounded, as the first was.
+        tuner.oracle.stub = _Bounded(tuner.oracle.stub, tune.chief_timeout)
     monitor, mode = spec.task_type.monitor
     callbacks = [
         keras.callbacks.EarlyStopping(monitor, patience=tune.early_stopping_patience, mode=mode),
@@ -374,12 +396,8 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
         print(f"tuning chief: serving the oracle at {role.address}; start the workers (same command, "
               "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
     try:
-        if role.kind == "chief":  # What BaseTuner.search does on a chief, with a server that survives restarts.
-            tuner.oracle.verbose = 2
-            tuner.save()
-            tune_chief.serve(tuner.oracle, role.address)
-        else:
-            tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
+        # On the chief keras-tuner serves the (restart-safe) oracle until the workers have run every trial.
+        tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
     except Exception as e:  # noqa: BLE001 - only gRPC failures are translated; anything else propagates.
         if role.kind == "worker" and type(e).__module__.startswith("grpc"):
             raise RunError(f"worker {role.tuner_id}: lost the tuning chief at {role.address} ({_rpc_reason(e)}); "
