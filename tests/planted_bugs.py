@@ -96,6 +96,7 @@ BUGS = [
  ("test_examples counts recalled steps", "tf_rnn/tasks.py", '"test_examples": int(len(targets))', '"test_examples": int(targets.size)', "tests/test_contracts.py -k records"),
  ("resumed stream replays epoch 0", "tf_rnn/pipeline.py", "Dataset.range(first_epoch, 2**62)", "Dataset.range(0, 2**62)", "tests/test_data.py -k stream_started"),
  ("worker's calls unbounded", "tf_rnn/tune.py", "        tuner.oracle.stub = _Bounded(tuner.oracle.stub, tune.chief_timeout)\n", "        pass\n", "tests/test_tune_distributed.py -k bounds_every_call"),
+ ("any keras-tuner accepted", "tf_rnn/tune_chief.py", "    if not keras_tuner.__version__.startswith(KERAS_TUNER_SERIES):", "    if False:", "tests/test_tune_distributed.py -k keras_tuner_the_repairs"),
  ("serve_uint8 divides by 256", "tf_rnn/export.py", "tf.cast(images, tf.float32) / 255.0", "tf.cast(images, tf.float32) / 256.0", "tests/test_contracts.py -k saved_model_answers"),
 ]
 

@@ -400,3 +400,77 @@ def test_every_planted_bug_still_matches_the_code_exactly_once():
                if (root / file).read_text().count(correct) != 1]
     assert drifted == []
     assert all((root / test.split()[0]).is_file() for *_, tests in module.BUGS for test in [tests])
+
+
+# --- every bound of TrainConfig, and the --config file's refusals ------------------------------------------------
+
+# field: (values accepted at the edge, values refused, the fix every refusal names) — as `--help` states them.
+BOUNDS = {
+    **{name: ([1], [0, -3], "must be >= 1") for name in ("layers", "units", "batch_size", "epochs",
+                                                           "steps_per_execution", "steps")},
+    "lr": ([1e-9], [0.0, -1e-3], "must be > 0"),
+    **{name: ([0.0, 0.999], [1.0, -0.01], "must be in [0, 1)") for name in ("dropout", "label_smoothing",
+                                                                             "validation_split")},
+    "l1": ([0.0], [-1e-6], "must be >= 0"),
+    "l2": ([0.0], [-1e-6], "must be >= 0"),
+    "early_stopping_patience": ([0], [-1], "must be >= 0"),
+    "clipnorm": ([None, 1e-6], [0.0, -1.0], "must be > 0 (leave it out for no clipping)"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(BOUNDS))
+def test_every_bound_refuses_the_first_bad_value_naming_the_flag_and_accepts_the_edge(field):
+    accepted, refused, fix = BOUNDS[field]
+    for value in accepted:
+        assert getattr(config_lib.resolve(overrides={field: value}), field) == value
+    for value in refused:
+        with pytest.raises(ConfigError) as e:
+            config_lib.resolve(overrides={field: value})
+        assert str(e.value) == f"--{field.replace('_', '-')} {value!r}: {fix}"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("{not json", "not a readable JSON config (Expecting property name enclosed in double quotes: line 1 column 2 "
+                  "(char 1))"),
+    ("[1, 2]", "expected a JSON object of config fields"),
+    ('{"units": 8, "colour": 1, "bogus": 2}', "unknown field(s) bogus, colour; known: "),
+])
+def test_a_config_file_is_refused_in_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as e:
+        config_lib.load_json(path)
+    assert str(e.value).startswith(f"--config {str(path)!r}: {message}") and "\n" not in str(e.value)
+    if "known: " in message:
+        assert str(e.value).endswith(", ".join(sorted(f.name for f in dataclasses.fields(TrainConfig))))
+
+
+def test_a_config_file_holding_fields_returns_exactly_them(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"units": 8, "lr": 0.5}))
+    assert config_lib.load_json(tmp_path / "c.json") == {"units": 8, "lr": 0.5}
+
+
+def test_help_lists_every_field_as_a_flag_with_its_default_and_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_flags(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare word by word.
+    assert e.value.code == 0
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+        if f.default is not None:
+            assert f"(default: {f.default})" in text, flag
+        if f.metadata.get("choices"):
+            assert "{" + ",".join(f.metadata["choices"]) + "}" in text, flag
+
+
+def test_flags_typed_by_the_dataclass_parse_their_type_and_refuse_others(capsys):
+    config, _ = train.parse_flags(["--units", "24", "--lr", "0.5", "--clipnorm", "2", "--seed", "-3"])
+    assert (config.units, config.lr, config.clipnorm, config.seed) == (24, 0.5, 2.0, -3)
+    assert isinstance(config.lr, float) and isinstance(config.clipnorm, float)
+    with pytest.raises(SystemExit) as e:
+        train.parse_flags(["--units", "2.5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid int value '2.5' for --units" in err and err.count("\n") == 1

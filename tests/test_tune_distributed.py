@@ -396,3 +396,15 @@ def test_a_worker_bounds_every_call_to_the_chief(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         tune.tune_and_evaluate(settings_, tmp_path / "s")
     assert calls and all(c.get("timeout") == 7.5 for c in calls)
+
+
+def test_a_keras_tuner_the_repairs_were_not_written_for_is_refused_in_one_line(monkeypatch):
+    import keras_tuner
+
+    from tf_rnn import tune_chief
+    from tf_rnn.cli import RunError
+
+    tune_chief.check_keras_tuner()  # The installed one (pyproject pins <1.5) passes.
+    monkeypatch.setattr(keras_tuner, "__version__", "1.5.0")
+    with pytest.raises(RunError, match=r"keras-tuner 1\.5\.0: .*pip install 'keras-tuner>=1\.4\.7,<1\.5'"):
+        tune_chief.check_keras_tuner()
