@@ -315,6 +315,7 @@ def test_a_chief_that_cannot_bind_says_so_in_one_line(tmp_path, monkeypatch, cap
             tune.main(["--workdir", str(tmp_path / "s"), "--dataset", tiny_npz(tmp_path), "--max-trials", "2"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and f"cannot serve at 127.0.0.1:{port}" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()  # Refused before the data loaded or anything was written.
 
 
 def test_a_restarted_chief_serves_the_interrupted_trial_to_its_worker_over_grpc(tmp_path, monkeypatch):

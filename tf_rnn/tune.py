@@ -356,6 +356,11 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
 
     workdir = Path(workdir)
     role = role or role_from_env()
+    # Before anything slow or written: a chief that cannot serve, or a keras-tuner the repairs do not fit, is known now.
+    if role.kind != "single":
+        tune_chief.check_keras_tuner()
+    if role.kind == "chief":
+        tune_chief.check_address(role.address)
     if role.kind == "worker":
         if overwrite:
             raise cli.UsageError(f"--overwrite on worker {role.tuner_id}: only the chief may discard a search; "
@@ -378,10 +383,6 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
     from tf_rnn import fused
 
     fused.prepare(tune.base_config())  # Trials may pick LSTMs: any first build happens now, not inside a trial.
-    if role.kind != "single":
-        tune_chief.check_keras_tuner()
-    if role.kind == "chief":
-        tune_chief.check_address(role.address)
     tuner = make_tuner(tune, workdir, arrays, strategy, overwrite, spec=spec)
     if role.kind == "worker":  # keras-tuner's client for the chief's oracle: each call bounded, as the first was.
         tuner.oracle.stub = _Bounded(tuner.oracle.stub, tune.chief_timeout)
