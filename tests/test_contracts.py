@@ -459,7 +459,7 @@ def test_help_lists_every_field_as_a_flag_with_its_default_and_choices(capsys):
     assert e.value.code == 0
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        assert flag in text, flag
+        assert flag in text and " ".join(f.metadata["help"].split()) in text, flag
         if f.default is not None:
             assert f"(default: {f.default})" in text, flag
         if f.metadata.get("choices"):
