@@ -44,6 +44,9 @@ def test_adding_marks_one_step_in_each_half_and_the_target_is_their_sum(seq_len)
     assert (marker[:, :half].sum(1) == 1).all() and (marker[:, half:].sum(1) == 1).all()
     np.testing.assert_allclose(y[:, 0], (x[..., 0] * marker).sum(1), rtol=1e-6)
     assert 0 <= x[..., 0].min() and x[..., 0].max() < 1
+    # Each example draws its own two steps (where a half has room for more than one).
+    first, second = marker[:, :half].argmax(1), marker[:, half:].argmax(1)
+    assert len(np.unique(first)) == half and len(np.unique(second)) == seq_len - half
 
 
 @pytest.mark.parametrize("gap", [1, 5, 100])
@@ -52,7 +55,7 @@ def test_copy_sequence_is_symbols_blanks_delimiter_blanks_and_labels_recall_the_
     assert x.shape == (300, gap + 20, 10) and y.shape == (300, 10) and y.dtype == np.int64
     assert (x.sum(-1) == 1).all()  # One-hot.
     symbol = x.argmax(-1)
-    assert ((symbol[:, :10] >= 1) & (symbol[:, :10] <= 8)).all()
+    assert x.dtype == np.float32 and set(np.unique(symbol[:, :10])) == set(range(1, 9))  # Every data symbol occurs.
     np.testing.assert_array_equal(y, symbol[:, :10] - 1)
     after = symbol[:, 10:]
     assert (after[:, gap - 1] == 9).all()  # The delimiter: T steps after the symbols end, the recall begins.
@@ -69,6 +72,39 @@ def test_generated_test_set_depends_only_on_seed_and_length():
 
 
 # --- registry and config -------------------------------------------------------------------------------------------
+
+
+def test_specs_without_data_say_what_the_generated_datasets_are():
+    adding = datasets.get("adding").spec(resolve(overrides=dict(dataset="adding")), None)
+    assert (adding.name, adding.input_shape, adding.task) == ("adding", (datasets.DEFAULT_SEQ_LEN, 2), "regression")
+    # The sum of two U[0, 1]: measured on a large sample, not restated from the code's formula.
+    _, y = datasets.adding_arrays(200_000, 10, np.random.default_rng(0))
+    assert adding.target_mean[0] == pytest.approx(float(y.mean()), abs=0.005)
+    assert adding.target_std[0] == pytest.approx(float(y.std()), rel=0.005)
+    copy = datasets.get("copy").spec(resolve(overrides=dict(dataset="copy", seq_len=7)), None)
+    assert (copy.name, copy.input_shape, copy.task, copy.output_steps) == ("copy", (27, 10), "per_step", 10)
+    assert copy.class_names == ("1", "2", "3", "4", "5", "6", "7", "8")
+
+
+def test_regression_statistics_come_from_the_training_targets_and_a_constant_target_is_not_scaled():
+    y = np.array([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]])
+    arrays = Arrays(np.zeros((3, 4, 1), np.float32), y, np.zeros((1, 4, 1), np.float32), y[:1], source="t")
+    spec = datasets.get("t.npz").spec(resolve(overrides=dict(dataset="t.npz")), arrays)
+    assert spec.target_mean == (2.0, 5.0) and spec.target_std == (pytest.approx(np.sqrt(2 / 3)), 1.0)
+
+
+def test_image_specs_of_older_runs_and_unknown_datasets():
+    assert datasets.image_spec("fashion_mnist") == datasets.REGISTRY["fashion_mnist"].spec(None)
+    unknown = datasets.image_spec(None)
+    assert (unknown.name, unknown.input_shape, unknown.task, unknown.image, unknown.class_names) == \
+        ("images", (28, 28), "classification", True, ())
+    assert datasets.image_spec("my_digits").name == "my_digits"
+
+
+def test_load_images_is_for_image_datasets_only():
+    with pytest.raises(datasets.DataError, match="'adding' is not an image dataset of files; choose one of: mnist, "
+                                                 "fashion_mnist$"):
+        datasets.load_images("adding")
 
 
 def test_every_generated_entry_loads_arrays_that_its_spec_describes():

@@ -47,6 +47,15 @@ def test_classification_metrics_are_accuracy_cross_entropy_and_a_confusion_matri
     assert set(got) == {"test_accuracy", "test_loss", "confusion_matrix"}
 
 
+def test_extreme_logits_give_finite_losses_and_integer_counts():
+    """Logits far beyond exp's range (a confident model): the loss stays finite, the counts stay JSON integers."""
+    logits, labels = np.array([[1000.0, 0.0], [0.0, -1000.0], [-800.0, 5.0]]), np.array([0, 1, 1])
+    got = tasks.get("classification").evaluate(logits, labels, DataSpec("x", (1, 1), "classification",
+                                                                        class_names=("a", "b")))
+    assert got["test_loss"] == pytest.approx(1000.0 / 3) and got["test_accuracy"] == pytest.approx(2 / 3)
+    assert json.dumps(got["confusion_matrix"]) == "[[1, 0], [1, 1]]"
+
+
 def test_per_step_metrics_are_over_every_recalled_step_with_the_guessing_baseline():
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(size=(5, 3, 8)), rng.integers(0, 8, (5, 3))
@@ -106,8 +115,12 @@ def test_served_outputs_and_predicts_lines_follow_the_task():
 def test_batch_scores_are_per_example_correctness_and_absolute_error():
     scores = tasks.get("classification").batch_scores(tf.constant([1, 0]), tf.constant([[0.0, 2.0], [0.0, 1.0]]))
     assert scores.numpy().tolist() == [1.0, 0.0]
-    steps = tasks.get("per_step").batch_scores(tf.constant([[1, 1]]), tf.constant([[[0.0, 1.0], [2.0, 0.0]]]))
-    assert steps.numpy().tolist() == [[1.0, 0.0]]
+    # [batch 1, steps 2, classes 3]: the class axis is the last one.
+    step_logits = tf.constant([[[0.0, 1.0, 0.5], [2.0, 0.0, 3.0]]])
+    steps = tasks.get("per_step").batch_scores(tf.constant([[1, 2]]), step_logits)
+    assert steps.numpy().tolist() == [[1.0, 1.0]]
+    classes = tasks.get("per_step").serving_outputs(step_logits)["classes"].numpy()
+    assert classes.tolist() == [[1, 2]]
     errors = tasks.get("regression").batch_scores(tf.constant([[1.0], [-1.0]]), tf.constant([[1.5], [1.0]]))
     assert errors.numpy().tolist() == [[0.5], [2.0]]
 

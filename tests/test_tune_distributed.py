@@ -269,6 +269,16 @@ def test_a_trial_running_when_the_chief_died_can_still_end_at_the_restarted_chie
     assert again.trials[running].score == 0.5 and exits_in_time(again)
 
 
+def test_a_restarted_chief_keeps_the_display_numbers_of_the_trials_it_knew(tmp_path):
+    oracle = oracle_in(tmp_path)
+    for _ in range(2):
+        finish(oracle, oracle.create_trial("worker0").trial_id)
+    numbers = dict(oracle._display.trial_number)
+    again = restarted(tmp_path)
+    assert {k: again._display.trial_number[k] for k in numbers} == numbers
+    assert again._display.trial_number["unknown"] == len(again.trials)  # A trial the display never saw.
+
+
 def test_a_finished_trial_is_not_run_again_after_a_chief_restart(tmp_path):
     oracle = oracle_in(tmp_path)
     done = oracle.create_trial("worker0").trial_id
