@@ -419,3 +419,20 @@ def test_a_keras_tuner_the_repairs_were_not_written_for_is_refused_in_one_line(m
     monkeypatch.setattr(keras_tuner, "__version__", "1.5.0")
     with pytest.raises(RunError, match=r"keras-tuner 1\.5\.0: .*pip install 'keras-tuner>=1\.4\.7,<1\.5'"):
         tune_chief.check_keras_tuner()
+
+
+def test_check_address_refuses_a_busy_port_in_one_line_and_accepts_a_free_one():
+    from tf_rnn import tune_chief
+    from tf_rnn.cli import RunError
+
+    tune_chief.check_address(f"127.0.0.1:{free_port()}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        with pytest.raises(RunError) as e:
+            tune_chief.check_address(address)
+    assert str(e.value).startswith(f"tuning chief: cannot serve at {address} (") and "\n" not in str(e.value)
+    assert str(e.value).endswith("; choose another KERASTUNER_ORACLE_PORT or fix KERASTUNER_ORACLE_IP")
+    with pytest.raises(RunError, match=r"cannot serve at 192\.0\.2\.1:8000"):  # Not this machine's address.
+        tune_chief.check_address("192.0.2.1:8000")
