@@ -474,3 +474,24 @@ def test_flags_typed_by_the_dataclass_parse_their_type_and_refuse_others(capsys)
         train.parse_flags(["--units", "2.5"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "invalid int value '2.5' for --units" in err and err.count("\n") == 1
+
+
+def test_a_config_file_may_name_the_preset_and_a_flag_overrides_it():
+    seed = config_lib.resolve(file_values={"preset": "seed"})
+    assert seed.preset == "seed" and seed.steps == config_lib.PRESETS["seed"]["steps"] and seed.layers == 1
+    assert config_lib.resolve(file_values={"preset": "seed"}, overrides={"preset": "default"}).layers == 2
+    with pytest.raises(ConfigError) as e:
+        config_lib.resolve(file_values={"preset": "fast"})
+    assert str(e.value) == "--preset 'fast': choose one of: seed, default"
+
+
+@pytest.mark.parametrize("flags, file_values, steps", [
+    ({"epochs": 3}, {}, None),  # --epochs alone replaces the seed preset's step budget...
+    ({"epochs": 3, "steps": 40}, {}, 40),  # ...but not a --steps given with it,
+    ({"steps": 40}, {}, 40),
+    ({}, {"epochs": 3}, config_lib.SEED_STEPS),  # and a config file's epochs keep the preset's budget.
+    ({}, {}, config_lib.SEED_STEPS),
+])
+def test_epochs_given_as_a_flag_replace_the_presets_step_budget(flags, file_values, steps):
+    config = config_lib.resolve("seed", file_values=file_values, overrides=flags)
+    assert config.steps == steps and config.epochs == flags.get("epochs", file_values.get("epochs", 2))

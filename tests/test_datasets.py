@@ -101,6 +101,26 @@ def test_image_specs_of_older_runs_and_unknown_datasets():
     assert datasets.image_spec("my_digits").name == "my_digits"
 
 
+def test_an_npz_names_its_classes_and_its_source_and_bad_names_are_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4, 2)).astype(np.float32), np.array([0, 1, 2, 0, 1, 2])
+    path = tmp_path / "named.npz"
+    datasets.save_npz(path, Arrays(x, y, x, y), class_names=["cat", "dog", "eel"])
+    config = resolve(overrides=dict(dataset=str(path)))
+    arrays, spec = datasets.load(config)
+    assert spec.class_names == ("cat", "dog", "eel") and arrays.source == str(path)
+    assert arrays.class_names == ("cat", "dog", "eel") and "class_names" not in arrays._fields[:4]
+    np.savez(tmp_path / "bad.npz", x_train=x, y_train=y, x_test=x, y_test=y, class_names=np.array([[1, 2, 3]]))
+    with pytest.raises(datasets.DataError) as e:
+        datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "bad.npz"))))
+    assert str(e.value) == f"{tmp_path / 'bad.npz'}: class_names is <int64>[1, 3]; expected a 1-D array of strings"
+    np.savez(tmp_path / "part.npz", x_train=x, y_train=y)
+    with pytest.raises(datasets.DataError) as e:
+        datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "part.npz"))))
+    assert str(e.value) == (f"{tmp_path / 'part.npz'}: has no x_test, y_test (it holds x_train, y_train); save the "
+                            "arrays as x_train, y_train, x_test, y_test (class_names optional)")
+
+
 def test_load_images_is_for_image_datasets_only():
     with pytest.raises(datasets.DataError, match="'adding' is not an image dataset of files; choose one of: mnist, "
                                                  "fashion_mnist$"):
