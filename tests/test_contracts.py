@@ -495,3 +495,28 @@ def test_a_config_file_may_name_the_preset_and_a_flag_overrides_it():
 def test_epochs_given_as_a_flag_replace_the_presets_step_budget(flags, file_values, steps):
     config = config_lib.resolve("seed", file_values=file_values, overrides=flags)
     assert config.steps == steps and config.epochs == flags.get("epochs", file_values.get("epochs", 2))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"cell": "transformer"}, "--cell 'transformer': choose one of: lstm, gru, simple"),
+    ({"units": None}, "--units None: must be set (a int)"),
+    ({"units": 8.5}, "--units 8.5: must be a int, not float"),
+])
+def test_a_config_files_values_are_checked_as_flags_are(values, message):
+    with pytest.raises(ConfigError) as e:
+        config_lib.resolve(file_values=values)
+    assert str(e.value) == message
+
+
+def test_a_run_written_before_a_field_existed_resumes(tmp_path):
+    """A config.json from an older tf_rnn lacks newer fields: they count as their defaults, not as changes."""
+    from tf_rnn import workdir
+
+    config = config_lib.resolve(overrides={"units": 8})
+    (tmp_path / "w").mkdir()
+    older = {k: v for k, v in config.to_dict().items() if k != "label_smoothing"}
+    (tmp_path / "w" / "config.json").write_text(json.dumps(older))
+    workdir.prepare(config, tmp_path / "w")
+    newer = config_lib.resolve(overrides={"units": 8, "label_smoothing": 0.2})
+    with pytest.raises(train.RunError, match=r"another config \(label_smoothing: 0.1 -> 0.2\)"):
+        workdir.prepare(newer, tmp_path / "w")
