@@ -361,7 +361,8 @@ def test_a_restarted_chief_serves_the_interrupted_trial_to_its_worker_over_grpc(
     assert again.get_best_trials(1)[0].trial_id == running
 
 
-def test_the_chief_serves_the_restart_safe_oracle_through_keras_tuner(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tuner", tune.TUNERS)
+def test_the_chief_serves_the_restart_safe_oracle_through_keras_tuner(tmp_path, monkeypatch, tuner):
     from keras_tuner.src.distribute import oracle_chief
 
     served = []
@@ -374,9 +375,10 @@ def test_the_chief_serves_the_restart_safe_oracle_through_keras_tuner(tmp_path, 
     port = free_port()
     worker_env(monkeypatch, port, tuner_id="chief")
     with pytest.raises(SystemExit) as e:
-        tune.main(["--workdir", str(tmp_path / "s"), "--dataset", tiny_npz(tmp_path), "--max-trials", "2"])
+        tune.main(["--workdir", str(tmp_path / "s"), "--dataset", tiny_npz(tmp_path), "--max-trials", "2",
+                   "--tuner", tuner])
     assert e.value.code == 130 and len(served) == 1 and getattr(served[0], "restart_safe", False)
-    assert served[0].max_trials == 2  # Hyperband's cap, on the oracle the chief serves.
+    assert served[0].max_trials == 2  # The cap (Hyperband's too) is on the oracle the chief serves.
 
 
 def test_a_worker_bounds_every_call_to_the_chief(tmp_path, monkeypatch):
