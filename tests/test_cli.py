@@ -3,6 +3,7 @@ each as one line and never a traceback; and --config values are type-checked aga
 
 import json
 import re
+import sys
 
 import keras
 import pytest
@@ -108,3 +109,21 @@ def test_config_file_ints_for_floats_and_nulls_for_optionals_are_fine(tmp_path):
 def test_tune_config_is_type_checked_too():
     with pytest.raises(cli.UsageError, match="--max-trials '3': must be a int"):
         tune.TuneConfig(max_trials="3")
+
+
+def test_the_error_line_names_the_command_as_the_user_ran_it(monkeypatch, capsys):
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(name="tf_rnn.tune")))
+    assert cli.prog_name() == "python -m tf_rnn.tune"
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=None))
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/tf-rnn-train", "--units", "0"])
+    assert cli.prog_name() == "tf-rnn-train"
+    monkeypatch.setattr(sys, "argv", [""])
+    assert cli.prog_name() == "tf_rnn"
+    with pytest.raises(SystemExit) as e:
+        cli.fail("first line\nsecond line", cli.RUN)
+    assert e.value.code == 1 and capsys.readouterr().err == "tf_rnn: error: first line\n"
+    with pytest.raises(SystemExit) as e:
+        cli.fail("  ")
+    assert e.value.code == 2 and capsys.readouterr().err == "tf_rnn: error: unknown error\n"

@@ -409,3 +409,55 @@ def test_tune_searches_a_regression_on_validation_loss(tmp_path):
     losses = [float(r["val_loss"]) for r in rows]
     assert len(rows) == 2 and "val_accuracy" not in rows[0] and losses == sorted(losses)  # Best (lowest) first.
     assert "test_mse" in metrics and metrics["best_config"]["dataset"] == "adding"
+
+
+def _refusal(tmp_path, **arrays) -> str:
+    """The one line `datasets.load` gives for an .npz holding `arrays` (x/y for train and test by default)."""
+    x, y = np.zeros((4, 3, 2), np.float32), np.array([0, 1, 0, 1])
+    path = tmp_path / "d.npz"
+    np.savez(path, **{"x_train": x, "y_train": y, "x_test": x, "y_test": y, **arrays})
+    with pytest.raises(datasets.DataError) as e:
+        datasets.load(resolve(overrides=dict(dataset=str(path))))
+    assert "\n" not in str(e.value)
+    return str(e.value).replace(str(path), "F")
+
+
+def test_every_npz_refusal_word_for_word(tmp_path):
+    """What each refusal says is what a user reads: the array, what it is, what was expected, the fix."""
+    x = np.zeros((4, 3, 2), np.float32)
+    assert _refusal(tmp_path, x_train=np.zeros((4, 6))) == \
+        "F: x_train is [4, 6]; expected [N, T, F] with N, T, F >= 1 (a sequence of T steps of F features per example)"
+    assert _refusal(tmp_path, x_test=np.zeros((4, 5, 2))) == \
+        "F: x_test steps/features [5, 2] differ from x_train's [3, 2]"
+    assert _refusal(tmp_path, class_names=np.array(["only"])) == \
+        "F: label 1 has no class name (1 names given); give one name per class"
+    assert _refusal(tmp_path, y_train=np.zeros((4, 2, 2))) == "F: y_train is [4, 2, 2]; expected [N] or [N, K] float targets"
+    assert _refusal(tmp_path, y_train=np.array(["a", "b", "a", "b"])) == \
+        "F: y_train is <U1; expected integer labels (classification) or floats (regression)"
+    assert _refusal(tmp_path, x_train=np.zeros((4, 3, 2), bool)) == \
+        "F: x_train is bool; expected numbers (float32 is what the model takes)"
+    bad = x.copy()
+    bad[2, 1, 0] = np.nan
+    assert _refusal(tmp_path, x_test=bad) == \
+        "F: x_test has NaN or infinite values (first at index 2); clean them first"
+    assert _refusal(tmp_path, y_test=np.array([0, 1, 2, 0])) == \
+        "F: y_test: label 2 out of range [0, 2); labels must be 0..classes-1"
+    with pytest.raises(datasets.DataError) as e:
+        datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "none.npz"))))
+    assert str(e.value) == (f"--dataset {tmp_path / 'none.npz'}: no such file; pass an .npz holding x_train, "
+                            "y_train, x_test, y_test")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(datasets.DataError) as e:
+        datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "junk.npz"))))
+    assert str(e.value).startswith(f"{tmp_path / 'junk.npz'}: not a readable .npz (") and \
+        str(e.value).endswith("); write it with numpy.savez")
+
+
+def test_injected_arrays_of_a_fixed_shape_are_refused_word_for_word():
+    config = resolve(overrides=dict(dataset="adding", seq_len=5))
+    x, y = datasets.adding_arrays(4, 5, np.random.default_rng(0))
+    with pytest.raises(datasets.DataError) as e:
+        datasets.validate(config, Arrays(x[:, :4], y, x, y), "arrays=")
+    assert str(e.value) == "arrays=: x_train is [4, 4, 2]; expected [N, 5, 2]"
+    with pytest.raises(datasets.DataError, match=r"^--dataset x\.npz: the task of a user's file is known only once"):
+        datasets.get("x.npz").spec(resolve(overrides=dict(dataset="x.npz")), None)

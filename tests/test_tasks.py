@@ -228,3 +228,23 @@ def test_write_json_is_whole_sorted_and_leaves_no_temporary_file(tmp_path):
     workdir.write_json(tmp_path / "m.json", {"b": 1, "a": [1, 2]})
     assert (tmp_path / "m.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_workdir_refusals_word_for_word(tmp_path):
+    config = resolve(overrides={"units": 8})
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    with pytest.raises(RunError) as e:
+        workdir.prepare(config, tmp_path / "done")
+    assert str(e.value) == (f"--workdir {tmp_path / 'done'} holds a finished run (metrics.json exists); choose a new "
+                            "--workdir (nothing was overwritten)")
+    workdir.prepare(config, tmp_path / "w")
+    with pytest.raises(RunError) as e:
+        workdir.prepare(resolve(overrides={"units": 9}), tmp_path / "w")
+    assert str(e.value) == (f"--workdir {tmp_path / 'w'} holds an unfinished run with another config (units: 8 -> 9); "
+                            "re-run with the same flags to resume it, or choose a new --workdir")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.keras").write_text("x")
+    with pytest.raises(RunError) as e:
+        workdir.prepare(config, tmp_path / "m")
+    assert str(e.value) == f"--workdir {tmp_path / 'm'} holds a model.keras but no config.json; choose a new --workdir"
