@@ -520,3 +520,11 @@ def test_a_run_written_before_a_field_existed_resumes(tmp_path):
     newer = config_lib.resolve(overrides={"units": 8, "label_smoothing": 0.2})
     with pytest.raises(train.RunError, match=r"another config \(label_smoothing: 0.1 -> 0.2\)"):
         workdir.prepare(newer, tmp_path / "w")
+
+
+@pytest.mark.parametrize("dataset", ["adding", "copy"])
+def test_seq_len_accepts_two_steps_and_refuses_one(dataset):
+    assert config_lib.resolve(overrides={"dataset": dataset, "seq_len": 2}).seq_len == 2
+    with pytest.raises(ConfigError) as e:
+        config_lib.resolve(overrides={"dataset": dataset, "seq_len": 1})
+    assert str(e.value) == "--seq-len 1: must be >= 2"

@@ -114,6 +114,9 @@ def test_an_npz_names_its_classes_and_its_source_and_bad_names_are_one_line(tmp_
     with pytest.raises(datasets.DataError) as e:
         datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "bad.npz"))))
     assert str(e.value) == f"{tmp_path / 'bad.npz'}: class_names is <int64>[1, 3]; expected a 1-D array of strings"
+    np.savez(tmp_path / "bad2.npz", x_train=x, y_train=y, x_test=x, y_test=y, class_names=np.array([["a", "b", "c"]]))
+    with pytest.raises(datasets.DataError, match=r"class_names is <U1>\[1, 3\]; expected a 1-D array of strings"):
+        datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "bad2.npz"))))
     np.savez(tmp_path / "part.npz", x_train=x, y_train=y)
     with pytest.raises(datasets.DataError) as e:
         datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "part.npz"))))
@@ -453,7 +456,7 @@ def test_every_npz_refusal_word_for_word(tmp_path):
         str(e.value).endswith("); write it with numpy.savez")
 
 
-def test_injected_arrays_of_a_fixed_shape_are_refused_word_for_word():
+def test_arrays_of_another_shape_than_the_datasets_are_refused_word_for_word():
     config = resolve(overrides=dict(dataset="adding", seq_len=5))
     x, y = datasets.adding_arrays(4, 5, np.random.default_rng(0))
     with pytest.raises(datasets.DataError) as e:
