@@ -115,7 +115,7 @@ def test_an_npz_names_its_classes_and_its_source_and_bad_names_are_one_line(tmp_
         datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "bad.npz"))))
     assert str(e.value) == f"{tmp_path / 'bad.npz'}: class_names is <int64>[1, 3]; expected a 1-D array of strings"
     np.savez(tmp_path / "bad2.npz", x_train=x, y_train=y, x_test=x, y_test=y, class_names=np.array([["a", "b", "c"]]))
-    with pytest.raises(datasets.DataError, match=r"class_names is <U1>\[1, 3\]; expected a 1-D array of strings"):
+    with pytest.raises(datasets.DataError, match=r"class_names is <<U1>\[1, 3\]; expected a 1-D array of strings"):
         datasets.load(resolve(overrides=dict(dataset=str(tmp_path / "bad2.npz"))))
     np.savez(tmp_path / "part.npz", x_train=x, y_train=y)
     with pytest.raises(datasets.DataError) as e:
