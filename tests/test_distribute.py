@@ -133,7 +133,9 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_the_same_weights(tmp_pat
 def test_multi_worker_run_killed_and_restarted_as_a_whole_resumes(tmp_path, fashion_dir):
     args = ["--epochs", "2", "--steps", "400"]  # 211 steps per epoch at a global batch of 256.
     procs = start_workers(tmp_path, fashion_dir, args, names=("chief", "chief"), kill_at=300)  # One folder: shared.
-    assert [p.wait(timeout=900) for p in procs] == [-signal.SIGKILL] * 2, (tmp_path / "chief.log").read_text()[-3000:]
+    # Each kills itself at step 300; one that dies first makes its peer fail there ("Socket closed") instead.
+    codes = [p.wait(timeout=900) for p in procs]
+    assert -signal.SIGKILL in codes and 0 not in codes, (codes, (tmp_path / "chief.log").read_text()[-3000:])
     (tmp_path / "chief.log").rename(tmp_path / "first.log")
     procs = start_workers(tmp_path, fashion_dir, args, names=("chief", "chief"))
     assert [p.wait(timeout=900) for p in procs] == [0, 0], (tmp_path / "chief.log").read_text()[-3000:]

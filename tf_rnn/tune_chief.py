@@ -98,6 +98,8 @@ def check_address(address: str) -> None:
     host, port = address.rsplit(":", 1)
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            # As gRPC binds: a port a killed chief left in TIME_WAIT is free; one a server listens on is not.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, int(port)))
     except OSError as e:
         raise RunError(f"tuning chief: cannot serve at {address} ({e.strerror or e}); choose another "
