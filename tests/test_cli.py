@@ -82,11 +82,11 @@ def test_train_run_error_and_ctrl_c_name_what_to_do(tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"units": "abc"}, r"--units 'abc': must be a int, not str"),
-    ({"units": 8.5}, r"--units 8.5: must be a int, not float"),
-    ({"units": True}, r"--units True: must be a int, not bool"),
-    ({"lr": "0.1"}, r"--lr '0.1': must be a float, not str"),
-    ({"cell": 3}, r"--cell 3: must be a str, not int"),
+    ({"units": "abc"}, r"--units 'abc': must be an integer, not str"),
+    ({"units": 8.5}, r"--units 8.5: must be an integer, not float"),
+    ({"units": True}, r"--units True: must be an integer, not bool"),
+    ({"lr": "0.1"}, r"--lr '0.1': must be a number, not str"),
+    ({"cell": 3}, r"--cell 3: must be a string, not int"),
     ({"epochs": None}, r"--epochs None: must be set"),
 ])
 def test_config_file_values_are_type_checked(values, message, tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_config_file_ints_for_floats_and_nulls_for_optionals_are_fine(tmp_path):
 
 
 def test_tune_config_is_type_checked_too():
-    with pytest.raises(cli.UsageError, match="--max-trials '3': must be a int"):
+    with pytest.raises(cli.UsageError, match="--max-trials '3': must be an integer"):
         tune.TuneConfig(max_trials="3")
 
 

@@ -279,6 +279,23 @@ def test_a_config_file_naming_a_memory_task_gets_that_tasks_defaults(tmp_path):
         assert getattr(config, field) == value, field
 
 
+@pytest.mark.parametrize("sequence_in", ["flag", "file"])
+@pytest.mark.parametrize("view", datasets.SEQUENCE_VIEWS)
+def test_each_image_view_gets_its_own_defaults_under_the_users_values(tmp_path, view, sequence_in):
+    """Pixel and permuted views train without the row-wise recipe's mirroring and label smoothing; a flag or a
+    config file still wins, and the rows view keeps the dataset's own choices."""
+    (tmp_path / "c.json").write_text(json.dumps({"sequence": view} if sequence_in == "file" else {}))
+    flags = ["--config", str(tmp_path / "c.json"), "--dataset", "fashion_mnist"]
+    flags += ["--sequence", view] if sequence_in == "flag" else []
+    config, _ = train.parse_flags(flags)
+    own = datasets.VIEW_DEFAULTS.get(view, {})
+    assert (config.label_smoothing, config.augment) == (own.get("label_smoothing", TrainConfig.label_smoothing),
+                                                         own.get("augment", TrainConfig.augment))
+    assert view == "rows" or (config.label_smoothing, datasets.get("fashion_mnist").mirrors(config.augment)) == (0, False)
+    config, _ = train.parse_flags([*flags, "--label-smoothing", "0.2", "--augment", "hflip"])
+    assert (config.label_smoothing, config.augment) == (0.2, "hflip")
+
+
 DTYPES = ["uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool", "U1"]
 
 
@@ -473,7 +490,8 @@ def test_flags_typed_by_the_dataclass_parse_their_type_and_refuse_others(capsys)
     with pytest.raises(SystemExit) as e:
         train.parse_flags(["--units", "2.5"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "invalid int value '2.5' for --units" in err and err.count("\n") == 1
+    assert e.value.code == 2 and "argument --units: '2.5' is not an integer" in err and err.count("\n") == 1
+    assert err.count("--units") == 1  # The flag named once, by argparse's own prefix.
 
 
 def test_a_config_file_may_name_the_preset_and_a_flag_overrides_it():
@@ -499,8 +517,8 @@ def test_epochs_given_as_a_flag_replace_the_presets_step_budget(flags, file_valu
 
 @pytest.mark.parametrize("values, message", [
     ({"cell": "transformer"}, "--cell 'transformer': choose one of: lstm, gru, simple"),
-    ({"units": None}, "--units None: must be set (a int)"),
-    ({"units": 8.5}, "--units 8.5: must be a int, not float"),
+    ({"units": None}, "--units None: must be set (an integer)"),
+    ({"units": 8.5}, "--units 8.5: must be an integer, not float"),
 ])
 def test_a_config_files_values_are_checked_as_flags_are(values, message):
     with pytest.raises(ConfigError) as e:

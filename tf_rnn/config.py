@@ -40,13 +40,13 @@ class JobConfig:
             kind = _scalar(tp)
             if value is None:
                 if type(None) not in typing.get_args(tp):
-                    raise ConfigError(f.name, value, f"must be set (a {kind.__name__})")
+                    raise ConfigError(f.name, value, f"must be set ({_KIND_NAMES[kind]})")
                 continue
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, value := float(value))
             # bool is an int subclass in Python, but `"units": true` in a config file is a mistake, not 1.
             if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise ConfigError(f.name, value, f"must be a {kind.__name__}, not {type(value).__name__}")
+                raise ConfigError(f.name, value, f"must be {_KIND_NAMES[kind]}, not {type(value).__name__}")
         for f in dataclasses.fields(self):
             value, choices = getattr(self, f.name), f.metadata.get("choices")
             if choices and value not in choices:
@@ -163,7 +163,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def resolve(preset: str = "default", file_values: dict | None = None, overrides: dict | None = None) -> TrainConfig:
-    """defaults ← preset ← saved config file ← explicit flags."""
+    """defaults ← preset ← the dataset's and its view's defaults ← saved config file ← explicit flags."""
     values: dict[str, Any] = {}
     file_values = dict(file_values or {})
     overrides = dict(overrides or {})
@@ -172,8 +172,8 @@ def resolve(preset: str = "default", file_values: dict | None = None, overrides:
         raise ConfigError("preset", preset, f"choose one of: {', '.join(PRESETS)}")
     values.update(PRESETS[preset], preset=preset)
     dataset = overrides.get("dataset", file_values.get("dataset", TrainConfig.dataset))
-    if dataset in datasets.REGISTRY:
-        values.update(datasets.REGISTRY[dataset].defaults)
+    sequence = overrides.get("sequence", file_values.get("sequence", TrainConfig.sequence))
+    values.update(datasets.defaults(dataset, sequence))
     values.update(file_values)
     if "epochs" in overrides and "steps" not in overrides:
         values["steps"] = None  # --epochs replaces the budget (the seed preset's is a step count), not adds a cap.
@@ -181,8 +181,11 @@ def resolve(preset: str = "default", file_values: dict | None = None, overrides:
     return TrainConfig(**values)
 
 
+TRIAL_KEY = "_trial"  # best_config.json's annotation: the tune trial it came from (not a config field).
+
+
 def load_json(path: str | Path, cls=TrainConfig) -> dict[str, Any]:
-    """Reads a saved config; unknown keys are an error, not silently ignored."""
+    """Reads a saved config; unknown keys are an error, not silently ignored (but for `_trial`, an annotation)."""
     try:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -191,6 +194,7 @@ def load_json(path: str | Path, cls=TrainConfig) -> dict[str, Any]:
         raise ConfigError("config", str(path), f"not a readable JSON config ({e})") from None
     if not isinstance(values, dict):
         raise ConfigError("config", str(path), "expected a JSON object of config fields")
+    values.pop(TRIAL_KEY, None)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -207,12 +211,16 @@ def _scalar(tp):
     return args[0] if args else tp
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _typed(kind, name):
     def parse(text: str):
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value {text!r} for --{name}") from None
+            # argparse prefixes "argument --name: ": the flag is named there, once.
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_KIND_NAMES[kind]}") from None
 
     parse.__name__ = kind.__name__
     return parse
