@@ -76,6 +76,8 @@ def test_import_tf_rnn_is_all_a_fresh_process_needs_to_load_what_tf_rnn_wrote(wr
     root, paths = written_models
     out = run_python(LOAD_WITH_TF_RNN_ONLY, root, *paths, cwd=tmp_path)
     assert out.returncode == 0 and "loaded 3" in out.stdout, out.stderr[-3000:]
+    # Every file was saved with its optimizer built: Keras has no variable-count mismatch to warn about.
+    assert "Skipping variable loading" not in out.stderr, out.stderr[-3000:]
     # The control: without `import tf_rnn`, Keras cannot find the classes. (So the line above is what works.)
     out = run_python(LOAD_WITH_TF_RNN_ONLY.replace("import tf_rnn  #", "#"), root, *paths, cwd=tmp_path)
     assert out.returncode != 0 and "StackedRNN" in out.stderr

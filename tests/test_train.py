@@ -30,8 +30,8 @@ def run(tmp_path, name="run", data=None, callbacks=(), **overrides):
         # argparse quotes the choices on some Python versions and not on others.
         (["--optimizer", "sgd"], r"argument --optimizer: invalid choice: 'sgd' \(choose from '?adam'?, '?rmsprop'?, '?adagrad'?, '?nesterov'?\)"),
         (["--preset", "best"], r"argument --preset: invalid choice: 'best' \(choose from '?seed'?, '?default'?\)"),
-        (["--lr", "fast"], "argument --lr: invalid float value 'fast' for --lr"),
-        (["--units", "1.5"], "invalid int value '1.5' for --units"),
+        (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
+        (["--units", "1.5"], "argument --units: '1.5' is not an integer"),
         (["--dropout", "1.5"], r"--dropout 1.5: must be in \[0, 1\)"),
         (["--epochs", "0"], "--epochs 0: must be >= 1"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -43,6 +43,7 @@ def test_bad_flags_exit_2_with_one_line(argv, expected, capsys, tmp_path):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(expected, err) and "Traceback" not in err
+    assert err.count(argv[0]) == 1  # The flag named once.
     assert not (tmp_path / "w").exists()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tf_rnn.cli import plural
 from tf_rnn.workdir import write_json
 
 
@@ -101,7 +102,7 @@ class RunState(keras.callbacks.Callback):
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
             write_json(self.state_path, {"history": self.history, "epoch_seconds": self.epoch_seconds})
         if self.patience and self.wait >= self.patience:
-            print(f"\nEarly stopping: no {self.monitor} gain for {self.patience} epochs.")
+            print(f"\nEarly stopping: no {self.monitor} gain for {plural(self.patience, 'epoch')}.")
             self.model.stop_training = True
 
 
@@ -213,3 +214,36 @@ class Throughput(keras.callbacks.Callback):
     @property
     def samples_per_second(self) -> float | None:
         return self.samples / self.seconds if self.seconds else None
+
+
+class _Progbar(keras.utils.Progbar):
+    """Keras' bar, timed from its first update on: that update includes tracing and compiling the step (seconds),
+    and with several steps per execution Keras never sees "step 1" to leave it out, so its ETA came out ten times
+    too long. Until a second update there is no estimate, and the bar shows none."""
+
+    def _estimate_step_duration(self, current, now):
+        if self.verbose != 1:  # One line per epoch: Keras' average over the epoch, as before.
+            return super()._estimate_step_duration(current, now)
+        if not hasattr(self, "_first"):
+            self._first = (current, now)
+            return 0
+        seen, then = self._first
+        return (now - then) / (current - seen) if current > seen else 0
+
+
+class Progress(keras.callbacks.ProgbarLogger):
+    """The per-epoch progress: a bar on a terminal, one line per epoch elsewhere; the last epoch of a step-budgeted
+    run counts the steps it runs (`Epoch 3/3: 77 of 352 steps`), not a full epoch it never reaches."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int):
+        super().__init__()
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        steps = max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
+        self.target = steps
+        self._reset_progbar()
+        self.progbar = _Progbar(target=steps, verbose=self.verbose, unit_name="step", stateless_metrics=set())
+        if self.verbose:
+            budget = f": {steps} of {self.steps_per_epoch} steps (--steps)" if steps < self.steps_per_epoch else ""
+            print(f"Epoch {epoch + 1}/{self.epochs}{budget}", flush=True)

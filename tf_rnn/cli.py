@@ -13,6 +13,11 @@ USAGE, RUN, INTERRUPTED = 2, 1, 130  # Exit codes: bad flag or config value; run
 TRACEBACK_ENV = "TF_RNN_TRACEBACK"  # "1": let unexpected exceptions through with their traceback (debugging).
 
 
+def plural(n: int, word: str) -> str:
+    """`1 epoch`, `2 epochs`: counts in messages read as English."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class UsageError(Exception):
     """A bad flag or config value: exit 2. `str()` is one line naming the value and the fix."""
 

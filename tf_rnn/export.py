@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     spec = read_spec(path.parent, args.dataset)
     import keras
 
+    from tf_rnn import layers  # noqa: F401 - registers tf_rnn's layers with Keras, which the file names.
+
     try:
         model = keras.saving.load_model(path)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's file: one line, not a traceback.

@@ -18,6 +18,7 @@ is visible. `TF_RNN_FUSED=0` switches it off.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -27,8 +28,6 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-
-import tensorflow as tf
 
 from tf_rnn import cli
 
@@ -65,6 +64,8 @@ def cpu_flags() -> set[str] | None:
 
 def unsupported_reason() -> str | None:
     """Why this host must not use the fused path (before any build), or None when it may."""
+    import tensorflow as tf
+
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return f"switched off ({ENV_SWITCH}=0)"
     if tf.config.list_logical_devices("GPU"):
@@ -92,12 +93,16 @@ def compiler() -> tuple[str, str]:
 
 def build_command(cxx: str, out: Path, source: Path = KERNEL_SOURCE) -> list[str]:
     """The compiler command line; `source` other than ours only for benchmarks/kernel_ab.py's A/B builds."""
+    import tensorflow as tf
+
     return [cxx, *CXX_FLAGS, *tf.sysconfig.get_compile_flags(), str(source), "-o", str(out),
             *tf.sysconfig.get_link_flags()]
 
 
 def kernel_path() -> Path:
     """Where the kernel for this source, TensorFlow, compiler (path and version) and flags lives in the cache."""
+    import tensorflow as tf
+
     cxx, version = compiler()
     key = hashlib.sha256("\0".join([
         hashlib.sha256(KERNEL_SOURCE.read_bytes()).hexdigest(), tf.__version__, cxx, version,
@@ -177,6 +182,8 @@ def build() -> Path:
 
 def kernels():
     """The compiled ops, or None: not for this host, or not buildable here (then a warning says why, once)."""
+    import tensorflow as tf
+
     global _module, _tried
     if not _tried:
         _tried = True
@@ -219,6 +226,8 @@ def in_xla_context() -> bool:
 def _input_gradient(dz, x, kernel):
     """dx = dz·Wᵀ, back to `[batch, time, features]` (dz is time-major). One large product, which TensorFlow prunes
     inside a tf.function when nothing needs it (the first layer, whose input is data)."""
+    import tensorflow as tf
+
     shape = tf.shape(x)
     dx = tf.matmul(tf.reshape(dz, [-1, tf.shape(dz)[-1]]), kernel, transpose_b=True)
     return tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])  # Explicit: batch may be 0.
@@ -236,6 +245,7 @@ def _fused(forward: str, backward: str, last_only: bool):
     so the last step is the contiguous `h[-1]`; with `return_sequences` it is transposed back to Keras' layout here,
     inside the custom gradient, so `d_h` arrives batch-major, `[batch, time, units]`, and the kernel reads it so.
     """
+    import tensorflow as tf
 
     @tf.custom_gradient
     def fused(x, kernel, recurrent_kernel, bias):
@@ -252,8 +262,10 @@ def _fused(forward: str, backward: str, last_only: bool):
     return fused
 
 
-_LSTM = {last: _fused("tf_rnn_lstm_forward", "tf_rnn_lstm_backward", last) for last in (False, True)}
-_GRU = {last: _fused("tf_rnn_gru_forward", "tf_rnn_gru_backward", last) for last in (False, True)}
+@functools.cache
+def _op(cell: str, last_only: bool):
+    # Made on first use, not at import: importing this module must not load TensorFlow (`--help` answers first).
+    return _fused(f"tf_rnn_{cell}_forward", f"tf_rnn_{cell}_backward", last_only)
 
 
 def gru(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
@@ -267,8 +279,10 @@ def gru(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
     Returns:
       `<float32>[batch, units]`, or `<float32>[batch, time, units]` with `return_sequences`.
     """
+    import tensorflow as tf
+
     weights = [tf.convert_to_tensor(w) for w in (kernel, recurrent_kernel, bias)]
-    return _GRU[not return_sequences](tf.convert_to_tensor(inputs, tf.float32), *weights)
+    return _op("gru", not return_sequences)(tf.convert_to_tensor(inputs, tf.float32), *weights)
 
 
 def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
@@ -282,8 +296,10 @@ def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False)
     Returns:
       `<float32>[batch, units]`, or `<float32>[batch, time, units]` with `return_sequences`.
     """
+    import tensorflow as tf
+
     weights = [tf.convert_to_tensor(w) for w in (kernel, recurrent_kernel, bias)]
-    return _LSTM[not return_sequences](tf.convert_to_tensor(inputs, tf.float32), *weights)
+    return _op("lstm", not return_sequences)(tf.convert_to_tensor(inputs, tf.float32), *weights)
 
 
 @cli.entry_point()

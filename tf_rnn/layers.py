@@ -16,9 +16,12 @@ _warned_softsign = False
 
 def _warn_softsign_once() -> None:
     # softsign is the seed's tip (cheaper, saturates more slowly), but cuDNN only implements tanh: on a GPU every
-    # layer silently falls back to the generic kernel, several times slower. Say so, once per process.
+    # layer silently falls back to the generic kernel, several times slower. Say so, once per process, and only
+    # where a GPU is visible: on a CPU there is no cuDNN to give up, and the line would be noise.
+    import tensorflow as tf
+
     global _warned_softsign
-    if not _warned_softsign:
+    if not _warned_softsign and tf.config.list_logical_devices("GPU"):
         _warned_softsign = True
         warnings.warn(
             "activation='softsign' disables the cuDNN kernel (it needs tanh): recurrent layers use the generic "

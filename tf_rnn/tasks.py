@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tf_rnn.arrays import DataError, first_nonfinite
+from tf_rnn.cli import plural
 
 if TYPE_CHECKING:  # Only for annotations: tasks must not import the modules that use it.
     from tf_rnn.datasets import DataSpec
@@ -154,7 +155,7 @@ class Classification(Task):
 
     def summary(self, metrics):
         return (f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
-                f"on {metrics['test_examples']} examples")
+                f"on {plural(metrics['test_examples'], 'example')}")
 
     def serving_outputs(self, outputs):
         import tensorflow as tf
@@ -259,7 +260,7 @@ class Regression(Task):
 
     def summary(self, metrics):
         return (f"test MSE {metrics['test_mse']:.4f} (MAE {metrics['test_mae']:.4f}; predicting the mean: "
-                f"{metrics['baseline_mse']:.4f}) on {metrics['test_examples']} examples")
+                f"{metrics['baseline_mse']:.4f}) on {plural(metrics['test_examples'], 'example')}")
 
     def serving_outputs(self, outputs):
         return {"predictions": outputs}

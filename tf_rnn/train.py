@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,12 +20,14 @@ from tf_rnn import datasets as datasets_lib
 from tf_rnn import fused, pipeline, tasks
 from tf_rnn import workdir as workdir_lib
 from tf_rnn.arrays import Arrays
-from tf_rnn.callbacks import EpochSeeds, NaNGuard, RunState, StepBudget, Throughput, optimizer_steps
 from tf_rnn.cli import RunError
 from tf_rnn.config import TrainConfig
 from tf_rnn.datasets import DataSpec
 from tf_rnn.workdir import (BACKUP_DIR, DATA_SPEC_FILE, EXPORT_DIR, METRICS_FILE, MODEL_FILE, TENSORBOARD_DIR,
                             TRAIN_STATE_FILE, write_json)
+
+if TYPE_CHECKING:  # Keras loads TensorFlow: the CLI imports it only after parsing its flags.
+    from tf_rnn.callbacks import RunState, Throughput
 
 
 def execution_steps(requested: int, steps_per_epoch: int) -> int:
@@ -83,6 +86,7 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
 
     from tf_rnn.distribute import get_strategy, is_chief, needs_custom_loop, strategy_name
 
+    print(f"run directory: {workdir}", flush=True)
     # First: a multi-worker strategy must configure the TF runtime before anything else touches it.
     strategy = strategy or get_strategy(config.strategy)
     chief = is_chief(strategy)
@@ -116,7 +120,8 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
     else:
         per_call = execution_steps(config.steps_per_execution, steps_per_epoch)
         why = f"it must divide the {steps_per_epoch} steps of an epoch"
-    if per_call != config.steps_per_execution:
+    # Said only of a value the user chose: the default adapting to the epoch is no news.
+    if per_call != config.steps_per_execution and config.steps_per_execution != TrainConfig.steps_per_execution:
         print(f"--steps-per-execution {config.steps_per_execution} runs as {per_call}: {why}")
     return Run(config, workdir, strategy, chief, spec, splits, global_batch, steps_per_epoch, total_steps,
                epochs=math.ceil(total_steps / steps_per_epoch), resumed_from=resumed_from, per_call=per_call,
@@ -153,6 +158,7 @@ def fit(run: Run, model, extra_callbacks=()) -> Fitted:
     """
     import keras
 
+    from tf_rnn.callbacks import EpochSeeds, NaNGuard, Progress, RunState, StepBudget, Throughput
     from tf_rnn.distribute import fit_custom_loop
 
     config, workdir = run.config, run.workdir
@@ -171,6 +177,7 @@ def fit(run: Run, model, extra_callbacks=()) -> Fitted:
         nan_guard,
         throughput,
         StepBudget(run.total_steps),
+        Progress(run.total_steps, run.steps_per_epoch),
         # At an epoch's end the run state is written before the backup: a kill in between re-runs that epoch
         # (identically) rather than resuming past an epoch the history does not have.
         state,
@@ -214,16 +221,19 @@ def finalize(run: Run, model, fitted: Fitted) -> dict:
     import keras
     import tensorflow as tf
 
+    from tf_rnn.callbacks import optimizer_steps
     from tf_rnn.distribute import barrier, strategy_name
     from tf_rnn.export import export_saved_model
     from tf_rnn.summaries import write_test_summaries
 
     if not run.chief:
         digest = weights_digest(model)
-        print(f"worker finished {optimizer_steps(model)} steps; weights sha256 {digest}")
+        print(f"worker finished {cli.plural(optimizer_steps(model), 'step')}; weights sha256 {digest}")
         barrier(run.strategy)
         return {"weights_sha256": digest, "chief": False}
     config, workdir, state = run.config, run.workdir, fitted.state
+    print(f"evaluating the best model (epoch {state.best_epoch}) on "
+          f"{cli.plural(run.splits.test_examples, 'test example')}", flush=True)
     best_model = keras.saving.load_model(workdir / MODEL_FILE)
     metrics = tasks.evaluate(best_model, run.splits.test, run.spec)
     monitor = run.spec.task_type.monitor[0]
@@ -256,11 +266,12 @@ def finalize(run: Run, model, fitted: Fitted) -> dict:
     write_test_summaries(workdir / TENSORBOARD_DIR, metrics, run.spec, step=state.epochs)
     # An export left by an attempt that died before metrics.json is this run's own, unfinished: replace it.
     shutil.rmtree(workdir / EXPORT_DIR, ignore_errors=True)
+    print(f"exporting the SavedModel to {workdir / EXPORT_DIR}", flush=True)
     export_saved_model(best_model, workdir / EXPORT_DIR, run.spec)
     write_json(workdir / METRICS_FILE, metrics)
     shutil.rmtree(workdir / BACKUP_DIR, ignore_errors=True)
     barrier(run.strategy)
-    print(f"{summary_line(metrics)}; {state.epochs} epochs in {fitted.seconds:.0f}s; wrote {workdir}")
+    print(f"{summary_line(metrics)}; {cli.plural(state.epochs, 'epoch')} in {fitted.seconds:.0f}s; wrote {workdir}")
     return metrics
 
 

@@ -1,0 +1,122 @@
+"""A newcomer's first minutes: every CLI answers `--help` and a bad flag before TensorFlow loads, TensorFlow's C++
+logging is off unless asked for, no GPU-only warning on a CPU, progress that tells the truth, and pipelines whose
+iterators end at once (no silent seconds after a fit or at exit)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import synthetic_arrays
+from tf_rnn import callbacks, pipeline, train
+from tf_rnn.config import resolve
+
+CLIS = sorted(p.stem for p in (Path(__file__).parents[1] / "tf_rnn").glob("*.py")
+              if 'if __name__ == "__main__":' in p.read_text())
+HEAVY = ("tensorflow", "keras", "keras_tuner", "tensorboard", "matplotlib")
+
+
+def run_cli(module: str, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -X importtime -m tf_rnn.MODULE ARGV`: what it printed, and (stderr) every module it imported."""
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", f"tf_rnn.{module}", *argv],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def imported(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_every_cli_is_found():
+    assert {"train", "tune", "export", "predict", "convert_tf1", "fused", "gpu_check"} <= set(CLIS)
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_answers_before_tensorflow_is_imported(module):
+    done = run_cli(module, "--help")
+    assert done.returncode == 0 and "usage: python -m tf_rnn." in done.stdout, done.stderr[-2000:]
+    assert not imported(done.stderr) & set(HEAVY), imported(done.stderr) & set(HEAVY)
+
+
+@pytest.mark.parametrize("module, argv, flag", [
+    ("train", ["--units", "abc"], "--units"),
+    ("train", ["--bogus"], "--bogus"),
+    ("tune", ["--workdir", "w", "--max-trials", "x"], "--max-trials"),
+    ("export", [], "model"),
+    ("predict", ["m", "x.npy", "--nope"], "--nope"),
+])
+def test_a_bad_flag_is_one_line_before_tensorflow_is_imported(module, argv, flag):
+    done = run_cli(module, *argv)
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert done.returncode == 2 and len(errors) == 1 and errors[0].count(flag) == 1, errors
+    assert not imported(done.stderr) & set(HEAVY)
+
+
+def test_package_import_turns_tensorflow_logging_off_unless_the_user_set_it():
+    code = "import os, tf_rnn; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.stdout.strip() == "2", quiet.stderr[-2000:]
+    chatty = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert chatty.stdout.strip() == "0"
+
+
+def test_a_training_run_prints_only_lines_about_the_run(tmp_path):
+    """A real CLI run: no C++ log line (`I0000 ...`, oneDNN notices), no Python warning, workdir named first."""
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "tf_rnn.train", "--dataset", "adding", "--seq-len", "5",
+                           "--units", "4", "--steps", "20", "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    noise = [line for line in done.stderr.splitlines() if line.strip()]
+    assert not noise, noise[:5]
+    lines = done.stdout.splitlines()
+    assert str(workdir) in lines[0]
+    assert any(line.startswith("evaluating") for line in lines) and any(line.startswith("exporting") for line in lines)
+    assert not any(re.match(r"[IWE]\d{4} ", line) for line in lines)
+
+
+def test_cpu_only_softsign_model_builds_without_warnings(recwarn):
+    from tf_rnn.models import build_model
+
+    build_model(resolve(overrides=dict(units=4, layers=1, activation="softsign")))
+    assert not [w for w in recwarn if "cuDNN" in str(w.message)]
+
+
+def test_every_pipeline_runs_without_the_autotuner():
+    """Its model thread made each iterator's destruction wait: silent seconds after every fit, a minute at exit."""
+    arrays = synthetic_arrays()
+    splits = pipeline.make_splits(arrays, 32, 0.2, seed=0)
+    for ds in (splits.train, splits.validation, splits.test):
+        assert ds.options().autotune.enabled is False
+
+
+def test_step_budgeted_last_epoch_counts_the_steps_it_runs(tmp_path, capsys):
+    # 480 training examples in batches of 32: 15 steps an epoch; a budget of 20 leaves 5 for epoch 2.
+    config = resolve(overrides=dict(units=4, layers=1, batch_size=32, steps=20, epochs=3, validation_split=0.2))
+    train.train_and_evaluate(config, tmp_path / "run", arrays=synthetic_arrays())
+    out = capsys.readouterr().out
+    assert "Epoch 2/2: 5 of 15 steps (--steps)" in out
+    assert re.search(r"^5/5 - ", out, re.M) and re.search(r"^15/15 - ", out, re.M) and "15/15 - " in out
+    assert "epoch 2 of" not in out and "1 epochs" not in out
+
+
+def test_progress_estimate_leaves_out_the_first_update():
+    """The first update holds the step function's tracing; the estimate is the time per step after it."""
+    bar = callbacks._Progbar(target=100, verbose=1)
+    assert bar._estimate_step_duration(10, now=100.0) == 0  # No estimate yet: the bar shows no ETA.
+    assert bar._estimate_step_duration(20, now=101.0) == pytest.approx(0.1)
+    assert bar._estimate_step_duration(30, now=102.0) == pytest.approx(0.1)
+    line = callbacks._Progbar(target=100, verbose=2)  # One line per epoch: Keras' own average.
+    line._start = 0.0
+    assert line._estimate_step_duration(100, now=5.0) == pytest.approx(0.05)
+
+
+def test_plurals():
+    from tf_rnn.cli import plural
+
+    assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
