@@ -9,7 +9,7 @@ import pytest
 
 from support import synthetic_arrays
 from tf_rnn import train, tune
-from tf_rnn.config import ConfigError
+from tf_rnn.config import ConfigError, TrainConfig
 from tf_rnn.layers import StackedRNN
 
 TINY = dict(tuner="random", max_trials=2, epochs=2, final_epochs=1, early_stopping_patience=1, validation_split=0.2)
@@ -33,16 +33,12 @@ def test_build_with_default_hyperparameters_uses_build_model():
     assert set(hp.values) == set(tune.SEARCH_SPACE)  # build only samples the model's settings; fit samples the batch.
 
 
-def test_build_with_fixed_overrides(monkeypatch):
-    from tf_rnn import layers
-
-    monkeypatch.setattr(layers, "_warned_softsign", False)  # Once per process: an earlier test may have used it.
+def test_build_with_fixed_overrides():
     hp = kt.HyperParameters()
     for name, value in dict(cell="gru", layers=3, units=32, dropout=0.3, optimizer="nesterov", lr=0.05,
                             activation="softsign", l2=1e-3).items():
         hp.Fixed(name, value)
-    with pytest.warns(UserWarning, match="cuDNN"):
-        model = hypermodel().build(hp)
+    model = hypermodel().build(hp)
     rnn = rnn_of(model)
     assert (rnn.cell, rnn.units, rnn.dropout, rnn.activation, rnn.l2) == ("gru", [32, 32, 32], 0.3, "softsign", 1e-3)
     assert isinstance(model.optimizer, keras.optimizers.SGD) and model.optimizer.nesterov
@@ -60,26 +56,59 @@ class CountFits(keras.callbacks.Callback):
             raise KeyboardInterrupt  # As if the search were killed in the middle of this trial.
 
 
-def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path):
+def hparams_summaries(logdir):
+    """{run folder name ('' for the root): (experiment columns or None, session values or None)} from the events."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import metadata
+
+    found = {}
+    for f in sorted(logdir.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != metadata.PLUGIN_NAME:
+                    continue
+                content = value.metadata.plugin_data.content
+                columns, values = found.get(f.parent.relative_to(logdir).as_posix().strip("."), (None, None))
+                if value.tag == metadata.EXPERIMENT_TAG:
+                    columns = [h.name for h in metadata.parse_experiment_plugin_data(content).hparam_infos]
+                elif value.tag == metadata.SESSION_START_INFO_TAG:
+                    info = metadata.parse_session_start_info_plugin_data(content)
+                    values = {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+                found[f.parent.relative_to(logdir).as_posix().strip(".")] = (columns, values)
+    return found
+
+
+def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path, capsys):
     workdir = tmp_path / "s"
     result = tune.tune_and_evaluate(tune.TuneConfig(**TINY), workdir, arrays=synthetic_arrays())
+    out = capsys.readouterr().out
     with (workdir / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and [r["rank"] for r in rows] == ["1", "2"]
     assert float(rows[0]["val_accuracy"]) >= float(rows[1]["val_accuracy"])
     assert {"cell", "layers", "units", "optimizer", "lr", "batch_size", "activation", "l2", "dropout"} <= set(rows[0])
     best = json.loads((workdir / "best_config.json").read_text())
+    assert best.pop("_trial") == rows[0]["trial"] == result["best_trial"]  # The same id everywhere.
     assert best["cell"] == rows[0]["cell"] and best["batch_size"] == int(rows[0]["batch_size"])
     config, _ = train.parse_flags(["--config", str(workdir / "best_config.json")])  # train accepts it.
     assert config.to_dict() == best
+    for row in rows:  # The console names each trial by the id trials.csv and TensorBoard use.
+        assert f"trial {row['trial']} started on " in out and f": trial {row['trial']} finished" in out
+        assert f"batch_size={row['batch_size']}" in out.split(f"trial {row['trial']} started on ")[1].splitlines()[0]
+    assert "Trial 1 Complete" not in out and "Running Trial #" not in out  # keras-tuner's 1-based numbering.
     metrics = json.loads((workdir / "best_run" / "metrics.json").read_text())
     assert metrics["test_examples"] == 200 and result["test_accuracy"] == metrics["test_accuracy"]
     assert (workdir / "best_run" / "saved_model" / "saved_model.pb").exists()
-    # One TensorBoard run per trial, each with its HParams summary.
-    trial_dirs = [d for d in (workdir / "tensorboard").iterdir() if d.is_dir()]
-    assert len(trial_dirs) == 2
-    for d in trial_dirs:
-        assert any(b"hparams" in f.read_bytes() for f in d.rglob("events.out.tfevents.*"))
+    # One TensorBoard run per trial, named by its id, each with its whole config as HParams (batch size included,
+    # as trials.csv has it); the experiment's columns: the searched hyper-parameters first, the fixed ones after.
+    summaries = hparams_summaries(workdir / "tensorboard")
+    searched = [*tune.SEARCH_SPACE, "batch_size"]
+    assert summaries[""][0][:len(searched)] == searched
+    assert set(summaries[""][0]) == set(TrainConfig.__dataclass_fields__)
+    for row in rows:
+        values = summaries[row["trial"]][1]
+        assert set(values) == set(TrainConfig.__dataclass_fields__)
+        assert values["batch_size"] == float(row["batch_size"]) and values["cell"] == row["cell"]
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
@@ -163,6 +192,6 @@ def test_search_killed_with_sigkill_resumes_through_the_cli(tmp_path, fashion_di
     assert killed.returncode == -signal.SIGKILL and "of fit 2" in killed.stdout, killed.stderr[-3000:]
     again = subprocess.run([sys.executable, "-m", "tf_rnn.tune", *argv], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Running Trial #1" not in again.stdout and "Trial 2 Complete" in again.stdout  # Trial 1 was kept.
+    assert "trial 0 started" not in again.stdout and "trial 1 finished" in again.stdout  # Trial 0 was kept.
     with (tmp_path / "s" / "trials.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 2

@@ -23,20 +23,32 @@ def write_run_header(logdir: Path, config: TrainConfig, model, spec: DataSpec) -
     forward = tf.function(lambda x: model(x, training=False))
     graph = forward.get_concrete_function(tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)).graph
 
-    hparams = {k: ("" if v is None else v) for k, v in config.to_dict().items()}
-    task = spec.task_type
-    metric, test = task.metric, task.hparams_metrics
+    hparams = hparam_values(config)
     with tf.summary.create_file_writer(str(logdir)).as_default():
-        hp.hparams_config(
-            hparams=[hp.HParam(k) for k in hparams],
-            metrics=[
-                hp.Metric(f"epoch_{metric}", group="validation", display_name=f"validation {metric}"),
-                hp.Metric("epoch_loss", group="validation", display_name="validation loss"),
-                *[hp.Metric(name, display_name=name.replace("_", " ")) for name in test],
-            ],
-        )
+        hparams_config(list(hparams), spec, test=True)
         hp.hparams(hparams)
         tf.summary.graph(graph)
+
+
+def hparam_values(config: TrainConfig) -> dict:
+    """The config as HParams values (an unset field as "": the dashboard takes no None)."""
+    return {k: ("" if v is None else v) for k, v in config.to_dict().items()}
+
+
+def hparams_config(names: list[str], spec: DataSpec, test: bool) -> None:
+    """The HParams experiment (to the default writer): its columns in `names`' order, and the metrics to compare
+    runs by (the validation ones; the test ones of a finished run with `test`)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    task = spec.task_type
+    hp.hparams_config(
+        hparams=[hp.HParam(k) for k in names],
+        metrics=[
+            hp.Metric(f"epoch_{task.metric}", group="validation", display_name=f"validation {task.metric}"),
+            hp.Metric("epoch_loss", group="validation", display_name="validation loss"),
+            *[hp.Metric(name, display_name=name.replace("_", " ")) for name in (task.hparams_metrics if test else ())],
+        ],
+    )
 
 
 def confusion_figure(cm: np.ndarray, class_names, title: str):

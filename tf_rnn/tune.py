@@ -165,6 +165,18 @@ def sample(hp, name: str, spec):
     return hp.Float(name, args[0], args[1], sampling="log")
 
 
+def search_space(base_batch_size: int):
+    """Every searched hyper-parameter, declared before the first trial (the batch size too, which `fit` reads):
+    so each trial's values are complete from trial 0 on, on the console, in trials.csv and in HParams."""
+    import keras_tuner as kt
+
+    space = kt.HyperParameters()
+    for name, spec in SEARCH_SPACE.items():
+        sample(space, name, spec)
+    space.Choice("batch_size", BATCH_SIZES, default=base_batch_size)
+    return space
+
+
 def _hypermodel_class():
     import keras_tuner as kt
 
@@ -216,13 +228,44 @@ def _tuner_classes():
     printing each trial this process finishes (on a worker the oracle's display is the chief's)."""
     import keras_tuner as kt
 
+    import keras
+
+    from tf_rnn.summaries import hparam_values
+
+    class TrialTensorBoard(keras.callbacks.TensorBoard):
+        """Keras' TensorBoard for one trial. keras-tuner rewrites every callback *named* TensorBoard and adds its
+        own HParams summary, of the values sampled when the trial began; this one it leaves alone."""
+
+    class TrialHParams(keras.callbacks.Callback):
+        """The trial's HParams: its whole config, searched values first (the columns shown first)."""
+
+        def __init__(self, logdir: str, values: dict, trial_id: str):
+            super().__init__()
+            self.logdir, self.values, self.trial_id = logdir, values, trial_id
+
+        def on_train_begin(self, logs=None):
+            import tensorflow as tf
+            from tensorboard.plugins.hparams import api as hp
+
+            with tf.summary.create_file_writer(self.logdir).as_default():
+                hp.hparams(self.values, trial_id=self.trial_id)
+
     class Reporting:
         finished: list
+        remote_oracle = False  # A worker's: the chief's oracle prints each trial there, so print here too.
+
+        def run_trial(self, trial, *args, **kwargs):
+            logdir = str(Path(self.directory) / "tensorboard" / trial.trial_id)
+            values = hparam_values(self.hypermodel.config(trial.hyperparameters))
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), TrialTensorBoard(logdir),
+                                   TrialHParams(logdir, values, trial.trial_id)]
+            return super().run_trial(trial, *args, **kwargs)
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
             self.finished = [*getattr(self, "finished", []), trial.trial_id]
-            print(f"tuner {self.tuner_id}: trial {trial.trial_id} finished", flush=True)
+            if self.remote_oracle:
+                print(f"tuner {self.tuner_id}: trial {trial.trial_id} finished", flush=True)
 
     class ReportingTuner(Reporting, kt.Tuner):
         pass
@@ -244,15 +287,17 @@ def make_tuner(tune: TuneConfig, workdir: Path, arrays: Arrays, strategy=None, o
     hypermodel = _hypermodel_class()(tune.base_config(), arrays, spec)
     # Validation only (val_accuracy, or val_loss for regression): the test set never enters the search.
     objective = kt.Objective(*hypermodel.spec.task_type.monitor)
+    space = search_space(hypermodel.base.batch_size)
     if tune.tuner == "hyperband":
         oracle = tune_chief.restart_safe(kt.oracles.HyperbandOracle)(
-            objective, max_epochs=tune.epochs, factor=3, seed=tune.seed)
+            objective, max_epochs=tune.epochs, factor=3, seed=tune.seed, hyperparameters=space)
         # Hyperband has no max_trials of its own; the base Oracle checks it.
         oracle.max_trials = tune.max_trials
     else:
         oracle_class = {"bayesian": kt.oracles.BayesianOptimizationOracle,
                         "random": kt.oracles.RandomSearchOracle}[tune.tuner]
-        oracle = tune_chief.restart_safe(oracle_class)(objective, max_trials=tune.max_trials, seed=tune.seed)
+        oracle = tune_chief.restart_safe(oracle_class)(objective, max_trials=tune.max_trials, seed=tune.seed,
+                                                       hyperparameters=space)
     tuner_class, hyperband_class = _tuner_classes()
     return (hyperband_class if tune.tuner == "hyperband" else tuner_class)(
         oracle=oracle, hypermodel=hypermodel, directory=str(workdir), project_name=PROJECT, overwrite=overwrite,
@@ -386,13 +431,13 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
     tuner = make_tuner(tune, workdir, arrays, strategy, overwrite, spec=spec)
     if role.kind == "worker":  # keras-tuner's client for the chief's oracle: each call bounded, as the first was.
         tuner.oracle.stub = _Bounded(tuner.oracle.stub, tune.chief_timeout)
+        tuner.remote_oracle = True
     monitor, mode = spec.task_type.monitor
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor, patience=tune.early_stopping_patience, mode=mode),
-        # keras-tuner moves this into tensorboard/<trial> and adds that trial's HParams summary.
-        keras.callbacks.TensorBoard(str(workdir / "tensorboard")),
-        *extra_callbacks,
-    ]
+    # Each trial adds its TensorBoard logs and HParams in tensorboard/<trial id> (the tuner's run_trial).
+    callbacks = [keras.callbacks.EarlyStopping(monitor, patience=tune.early_stopping_patience, mode=mode),
+                 *extra_callbacks]
+    if role.kind != "worker":
+        write_search_header(workdir / "tensorboard", tune, spec)
     if role.kind == "chief":
         print(f"tuning chief: serving the oracle at {role.address}; start the workers (same command, "
               "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
@@ -419,15 +464,30 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
         _hypermodel_class()(tune.base_config(), arrays, spec).config(best_hp), epochs=tune.final_epochs,
         data_dir=None,
     )
-    write_json(workdir / "best_config.json", best.to_dict())
-    print(f"{len(rows)} trials; best {monitor} {rows[0][monitor]:.4f}; retraining it once")
+    # `_trial`: which trial this is (an annotation `--config` skips), by the id the console and TensorBoard use.
+    write_json(workdir / "best_config.json", {config_lib.TRIAL_KEY: rows[0]["trial"], **best.to_dict()})
+    print(f"{cli.plural(len(rows), 'trial')}; best: trial {rows[0]['trial']} ({monitor} {rows[0][monitor]:.4f}); "
+          f"retraining it for {cli.plural(tune.final_epochs, 'epoch')} in {workdir / 'best_run'}", flush=True)
     run_dir = workdir / "best_run"
     best = dataclasses.replace(best, data_dir=tune.data_dir)
     if (run_dir / "metrics.json").exists():  # A resumed search whose retraining already finished.
         metrics = json.loads((run_dir / "metrics.json").read_text())
     else:
         metrics = train_and_evaluate(best, run_dir, arrays=arrays, strategy=strategy)
-    return {**metrics, "best_config": best.to_dict(), "finished_trials": len(rows)}
+    return {**metrics, "best_config": best.to_dict(), "best_trial": rows[0]["trial"], "finished_trials": len(rows)}
+
+
+def write_search_header(logdir: Path, tune: TuneConfig, spec: DataSpec) -> None:
+    """The HParams experiment of the search: the searched hyper-parameters as its first columns, the fixed ones
+    after (the dashboard shows the first ones)."""
+    import tensorflow as tf
+
+    from tf_rnn.summaries import hparams_config
+
+    searched = [*SEARCH_SPACE, "batch_size"]
+    fixed = [name for name in TrainConfig.__dataclass_fields__ if name not in searched]
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hparams_config([*searched, *fixed], spec, test=False)
 
 
 def parse_flags(argv=None) -> tuple[TuneConfig, Path, bool]:
@@ -448,7 +508,8 @@ def main(argv=None) -> int:
         return 0
     from tf_rnn.train import summary_line
 
-    print(f"best configuration: {summary_line(metrics)}; {workdir / 'trials.csv'}, {workdir / 'best_config.json'}, "
+    print(f"best configuration (trial {metrics['best_trial']}): {summary_line(metrics)}; {workdir / 'trials.csv'}, "
+          f"{workdir / 'best_config.json'}, "
           f"export in {workdir / 'best_run' / 'saved_model'}")
     return 0
 

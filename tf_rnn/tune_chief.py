@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import datetime
 import socket
+import time
 
 from tf_rnn.cli import RunError
 
@@ -46,6 +47,10 @@ def repair_reloaded_oracle(oracle) -> None:
     oracle._retry_queue = [t for t in oracle._retry_queue if oracle.trials[t].status not in OVER]
 
 
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 class _Raised:
     """An exception carried out of the oracle's lock, to be raised again once the lock is released."""
 
@@ -59,6 +64,22 @@ def restart_safe(oracle_class):
 
     class RestartSafe(oracle_class):
         restart_safe = True  # Tests and the chief check that this is the oracle being served.
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.verbose = 0
+            self._started: dict[str, tuple[str, float]] = {}  # trial id -> (tuner id, time.monotonic())
+
+        # keras-tuner's own display numbers trials 1, 2, ... while trials.csv, TensorBoard and best_config.json
+        # name them by id: it stays silent, and this oracle prints each trial's start and end by id (on the chief,
+        # for every worker's trials).
+        @property
+        def verbose(self):
+            return 0
+
+        @verbose.setter
+        def verbose(self, value):
+            oracle_class.verbose.fset(self, 0)
 
         def reload(self):
             super().reload()
@@ -80,13 +101,31 @@ def restart_safe(oracle_class):
             return outcome
 
         def create_trial(self, tuner_id):
-            return self._call("create_trial", tuner_id)
+            trial = self._call("create_trial", tuner_id)
+            if trial.status == "RUNNING":
+                self._started[trial.trial_id] = (tuner_id, time.monotonic())
+                values = " ".join(f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items())
+                print(f"trial {trial.trial_id} started on {tuner_id}: {values or 'default configuration'}",
+                      flush=True)
+            return trial
 
         def update_trial(self, trial_id, metrics, step=0):
             return self._call("update_trial", trial_id, metrics, step=step)
 
         def end_trial(self, trial):
-            return self._call("end_trial", trial)
+            outcome = self._call("end_trial", trial)
+            print(self._ended(self.trials.get(trial.trial_id, trial)), flush=True)
+            return outcome
+
+        def _ended(self, trial) -> str:
+            tuner_id, start = self._started.pop(trial.trial_id, ("a tuner", None))
+            took = "" if start is None else f" in {time.monotonic() - start:.0f} s"
+            if trial.status != "COMPLETED" or trial.score is None:
+                return f"tuner {tuner_id}: trial {trial.trial_id} {str(trial.status).lower()}{took}: {trial.message}"
+            best = self.get_best_trials(1)
+            best = f"; best so far: trial {best[0].trial_id} ({best[0].score:.4f})" if best else ""
+            return (f"tuner {tuner_id}: trial {trial.trial_id} finished{took}: {self.objective.name} "
+                    f"{trial.score:.4f}{best}")
 
     RestartSafe.__name__ = RestartSafe.__qualname__ = f"RestartSafe{oracle_class.__name__}"
     return RestartSafe
