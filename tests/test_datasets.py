@@ -433,7 +433,7 @@ def test_every_npz_refusal_word_for_word(tmp_path):
     assert _refusal(tmp_path, x_test=np.zeros((4, 5, 2))) == \
         "F: x_test steps/features [5, 2] differ from x_train's [3, 2]"
     assert _refusal(tmp_path, class_names=np.array(["only"])) == \
-        "F: label 1 has no class name (1 names given); give one name per class"
+        "F: label 1 has no class name (1 name given); give one name per class"
     assert _refusal(tmp_path, y_train=np.zeros((4, 2, 2))) == "F: y_train is [4, 2, 2]; expected [N] or [N, K] float targets"
     assert _refusal(tmp_path, y_train=np.array(["a", "b", "a", "b"])) == \
         "F: y_train is <U1; expected integer labels (classification) or floats (regression)"

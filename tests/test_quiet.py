@@ -78,6 +78,8 @@ def test_a_training_run_prints_only_lines_about_the_run(tmp_path):
     assert str(workdir) in lines[0]
     assert any(line.startswith("evaluating") for line in lines) and any(line.startswith("exporting") for line in lines)
     assert not any(re.match(r"[IWE]\d{4} ", line) for line in lines)
+    # The default --steps-per-execution fitted to the epoch (352 steps: 8 per call) is no news to the user.
+    assert not any("--steps-per-execution" in line for line in lines), lines
 
 
 def test_cpu_only_softsign_model_builds_without_warnings(recwarn):

@@ -83,6 +83,16 @@ def test_import_tf_rnn_is_all_a_fresh_process_needs_to_load_what_tf_rnn_wrote(wr
     assert out.returncode != 0 and "StackedRNN" in out.stderr
 
 
+def test_the_export_command_reexports_every_file_tf_rnn_wrote(written_models, tmp_path):
+    """`python -m tf_rnn.export MODEL.keras` in a fresh process (which imports tf_rnn's Keras classes itself)."""
+    root, paths = written_models
+    for i, path in enumerate(paths):
+        out = subprocess.run([sys.executable, "-m", "tf_rnn.export", str(path), "--out", str(tmp_path / str(i)),
+                              "--dataset", "mnist"], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ENV)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert (tmp_path / str(i) / "saved_model.pb").is_file()
+
+
 @pytest.fixture(scope="module")
 def trained_on_cpu():
     """A model trained one epoch through tf_rnn's fused CPU path, as a user's run on a CPU is."""

@@ -281,11 +281,11 @@ def test_execution_steps_is_the_largest_divisor_of_the_epoch_up_to_the_request(r
 
 
 def test_steps_per_execution_changes_speed_not_bits(tmp_path, capsys):
-    # 15 steps per epoch: 10 per execution runs as 5, and the budget of 38 steps ends 3 steps into an execution.
+    # 15 steps per epoch: 7 per execution runs as 5, and the budget of 38 steps ends 3 steps into an execution.
     one = run(tmp_path, "one", steps=38, steps_per_execution=1, **DEFAULT_LIKE)
     capsys.readouterr()
-    five = run(tmp_path, "five", steps=38, steps_per_execution=10, **DEFAULT_LIKE)
-    assert "--steps-per-execution 10 runs as 5: it must divide the 15 steps of an epoch" in capsys.readouterr().out
+    five = run(tmp_path, "five", steps=38, steps_per_execution=7, **DEFAULT_LIKE)
+    assert "--steps-per-execution 7 runs as 5: it must divide the 15 steps of an epoch" in capsys.readouterr().out
     assert (one["steps_per_execution"], five["steps_per_execution"]) == (1, 5)
     assert one["steps"] == five["steps"] == 38  # Not 40: the stream ends at the budget.
     assert five["weights_sha256"] == one["weights_sha256"] and five["history"] == one["history"]

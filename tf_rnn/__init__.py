@@ -26,7 +26,12 @@ def _main_module() -> str:
 # is what lets `import tf_rnn` + `keras.saving.load_model(...)` read every model tf_rnn writes. tf_rnn's own
 # command lines skip it: importing Keras loads TensorFlow (seconds), and `--help` or a mistyped flag must answer
 # before that; they import these modules themselves where they need them.
+def register_keras_objects() -> None:
+    """Registers tf_rnn's layers and losses with Keras (what `keras.saving.load_model` of a tf_rnn file needs)."""
+    from tf_rnn import datasets, layers, models  # noqa: F401
+
+
 if not _main_module().startswith("tf_rnn."):
-    from tf_rnn import datasets, layers, models  # noqa: E402, F401
+    register_keras_objects()
 
 __version__ = "0.1.0"

@@ -139,7 +139,9 @@ def main(argv=None) -> int:
     spec = read_spec(path.parent, args.dataset)
     import keras
 
-    from tf_rnn import layers  # noqa: F401 - registers tf_rnn's layers with Keras, which the file names.
+    import tf_rnn
+
+    tf_rnn.register_keras_objects()  # The file names tf_rnn's layers and loss; a CLI imports them only now.
 
     try:
         model = keras.saving.load_model(path)
