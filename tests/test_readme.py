@@ -102,7 +102,11 @@ def test_the_readme_runs(tmp_path, fashion_dir):
     import PIL.Image
 
     PIL.Image.fromarray(images[0]).save(tmp_path / "shirt.png")
+    ran = set()
     for kind, code in steps():
+        if code in ran:  # The same command quoted twice (a results table and its section) runs once.
+            continue
+        ran.add(code)
         if kind == "python":
             argv = [sys.executable, "-c", code]
         else:

@@ -255,10 +255,14 @@ def _tuner_classes():
         remote_oracle = False  # A worker's: the chief's oracle prints each trial there, so print here too.
 
         def run_trial(self, trial, *args, **kwargs):
+            from tf_rnn.callbacks import Progress
+
             logdir = str(Path(self.directory) / "tensorboard" / trial.trial_id)
-            values = hparam_values(self.hypermodel.config(trial.hyperparameters))
+            config = self.hypermodel.config(trial.hyperparameters)
+            # Training's progress display: a bar on a terminal, a line per epoch elsewhere; no step budget here.
+            progress = Progress(total_steps=sys.maxsize, steps_per_epoch=self.hypermodel.steps_per_epoch(config.batch_size))
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), TrialTensorBoard(logdir),
-                                   TrialHParams(logdir, values, trial.trial_id)]
+                                   TrialHParams(logdir, hparam_values(config), trial.trial_id), progress]
             return super().run_trial(trial, *args, **kwargs)
 
         def on_trial_end(self, trial):
@@ -443,7 +447,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
               "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
     try:
         # On the chief keras-tuner serves the (restart-safe) oracle until the workers have run every trial.
-        tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=2)
+        tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     except Exception as e:  # noqa: BLE001 - only gRPC failures are translated; anything else propagates.
         if role.kind == "worker" and type(e).__module__.startswith("grpc"):
             raise RunError(f"worker {role.tuner_id}: lost the tuning chief at {role.address} ({_rpc_reason(e)}); "
