@@ -60,3 +60,42 @@ def test_fma_peak_reports_the_median_of_each_thread_count_and_its_scaling(tmp_pa
     assert result["scaling_over_one_thread"]["2"] == round(result["gflops"]["2"] / result["gflops"]["1"], 2)
     with pytest.raises(SystemExit):
         fma_peak.main(["--threads", "0"])
+
+
+def test_a_sequence_experiment_median_counts_a_miss_as_worse_than_any_hit():
+    from benchmarks.sequence_tasks import summarize
+
+    def runs(*reached):
+        return {str(i): {"reached": r} for i, r in enumerate(reached)}
+
+    assert summarize(runs(300, None, 100), 1000) == {"reached": [300, None, 100], "solved": 2, "budget": 1000,
+                                                     "median_steps": 300}
+    assert summarize(runs(None, None, 100), 1000)["median_steps"] is None  # Most seeds missed: so did the median.
+    assert summarize(runs(100, 300), 1000)["median_steps"] == 200
+    assert summarize(runs(100, None), 1000)["median_steps"] is None
+
+
+def test_a_sequence_experiment_probes_every_run_and_names_the_cpu(tmp_path):
+    """Two seeds of a tiny adding problem: each run's probe curve every 20 steps, its command, the CPU, the plot."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sequence_tasks", "adding", "--seq-len", "5", "--cells", "gru",
+         "--seeds", "0", "1", "--steps", "40", "--every", "20", "--runs", str(tmp_path / "runs"),
+         "--out", str(tmp_path / "adding.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "adding.json").read_text())
+    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("model name"))
+    assert result["cpu"]["model"] == cpu and result["threshold"] == 0.01
+    assert set(result["runs"]) == {"T5_gru_s0", "T5_gru_s1"}
+    for run in result["runs"].values():
+        steps = [step for step, _ in run["curve"]]
+        assert 20 <= steps[0] < 40 and steps == sorted(steps)  # A probe at (or just past) each multiple of 20.
+        assert len(steps) == 2 or run["reached"] == steps[0]
+        assert run["command"].startswith("python -m tf_rnn.train --dataset adding --seq-len 5 --cell gru")
+        values = [value for _, value in run["curve"]]
+        # Reached: the run stopped at the first probe under the threshold; else no probe was under it.
+        first_under = next((step for step, value in run["curve"] if value < 0.01), None)
+        assert run["reached"] == first_under and (first_under is None or first_under == steps[-1]), values
+    assert (tmp_path / "adding.png").stat().st_size > 0

@@ -1,0 +1,29 @@
+"""The machine a result came from: CPU model, vector extensions and core count, for every result file."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# The extensions that change which code runs (the fused kernel's paths, oneDNN's) and so the floating-point order.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu() -> dict:
+    """`{"model": "AMD EPYC ...", "flags": ["avx2", "fma"], "cpus": 2}` from /proc/cpuinfo (else `platform`)."""
+    model, flags = platform.processor() or platform.machine() or "unknown", set()
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    return {"model": model, "flags": [f for f in VECTOR_FLAGS if f in flags], "cpus": os.cpu_count()}
+
+
+def cpu_name() -> str:
+    """One line: `AMD EPYC 7B13 (avx2, fma; 2 CPUs)`."""
+    c = cpu()
+    return f"{c['model']} ({', '.join(c['flags']) or 'no AVX2'}; {c['cpus']} CPUs)"
