@@ -19,6 +19,7 @@ storage all of them share. What happens when a process dies:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -495,7 +496,8 @@ def write_search_header(logdir: Path, tune: TuneConfig, spec: DataSpec) -> None:
 
 
 def parse_flags(argv=None) -> tuple[TuneConfig, Path, bool]:
-    parser = cli.OneLineParser(prog="python -m tf_rnn.tune", description=__doc__)
+    parser = cli.OneLineParser(prog="python -m tf_rnn.tune", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="search directory (resumed when it exists)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing search in --workdir")
     config_lib.add_dataclass_flags(parser, TuneConfig)
