@@ -144,7 +144,8 @@ def plot(results: dict, experiment: dict, png: Path) -> None:
             colour = colours.setdefault(r["line"], f"C{len(colours)}")
             steps, values = zip(*r["curve"])
             first = r["seed"] == min(x["seed"] for x in results.values() if x["line"] == r["line"])
-            ax.plot(steps, values, color=colour, alpha=0.8, label=r["line"] if first else None)
+            # Markers: a run stopped at its first probe is a single point, which a line alone would not show.
+            ax.plot(steps, values, color=colour, alpha=0.8, marker=".", label=r["line"] if first else None)
         if experiment["threshold"] is not None:
             ax.axhline(experiment["threshold"], color="grey", linestyle="--", label="threshold")
         ax.set(title=panel, xlabel="optimizer steps", ylabel=f"{experiment['metric']} ({PROBE_EXAMPLES} test)",
