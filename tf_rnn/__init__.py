@@ -22,15 +22,15 @@ def _main_module() -> str:
     return ""
 
 
-# Keras deserialises a custom class only once the module that registers it has been imported: importing them here
-# is what lets `import tf_rnn` + `keras.saving.load_model(...)` read every model tf_rnn writes. tf_rnn's own
-# command lines skip it: importing Keras loads TensorFlow (seconds), and `--help` or a mistyped flag must answer
-# before that; they import these modules themselves where they need them.
 def register_keras_objects() -> None:
     """Registers tf_rnn's layers and losses with Keras (what `keras.saving.load_model` of a tf_rnn file needs)."""
     from tf_rnn import datasets, layers, models  # noqa: F401
 
 
+# Keras deserialises a custom class only once the module that registers it has been imported: doing it here is
+# what lets `import tf_rnn` + `keras.saving.load_model(...)` read every model tf_rnn writes. tf_rnn's own command
+# lines skip it: importing Keras loads TensorFlow (seconds), and `--help` or a mistyped flag must answer before
+# that; they register where they load a model.
 if not _main_module().startswith("tf_rnn."):
     register_keras_objects()
 

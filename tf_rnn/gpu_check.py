@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         ops = traced_ops(build_model(config))
     check(any("Cudnn" in op for op in ops), "LSTM layers trace to the cuDNN kernel (CudnnRNN* ops) on the GPU")
     metrics = train_and_evaluate(config, Path(args.workdir), strategy=strategy)
-    check(metrics["num_replicas_in_sync"] == len(gpus), f"trained {plural(metrics['steps'], 'step')} on {plural(len(gpus), 'GPU')} at "
+    check(metrics["num_replicas_in_sync"] == len(gpus),
+          f"trained {plural(metrics['steps'], 'step')} on {plural(len(gpus), 'GPU')} at "
           f"{metrics['train_samples_per_second']} samples/s; test accuracy {metrics['test_accuracy']:.4f}")
     export_ops = saved_model_op_types(Path(args.workdir) / "saved_model")
     check(not any("Cudnn" in op for op in export_ops), "the exported SavedModel has no cuDNN ops (serves on CPUs)")

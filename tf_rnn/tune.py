@@ -261,7 +261,8 @@ def _tuner_classes():
             logdir = str(Path(self.directory) / "tensorboard" / trial.trial_id)
             config = self.hypermodel.config(trial.hyperparameters)
             # Training's progress display: a bar on a terminal, a line per epoch elsewhere; no step budget here.
-            progress = Progress(total_steps=sys.maxsize, steps_per_epoch=self.hypermodel.steps_per_epoch(config.batch_size))
+            progress = Progress(total_steps=sys.maxsize,
+                                steps_per_epoch=self.hypermodel.steps_per_epoch(config.batch_size))
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), TrialTensorBoard(logdir),
                                    TrialHParams(logdir, hparam_values(config), trial.trial_id), progress]
             return super().run_trial(trial, *args, **kwargs)
