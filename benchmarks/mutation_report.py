@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks import machine
 
 
 def results(mutmut: str) -> dict[str, str]:
@@ -31,13 +32,6 @@ def diff(mutmut: str, name: str) -> str:
     return " / ".join(line[:2] + line[2:].strip() for line in lines[:2])
 
 
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mutation_report", description=__doc__)
     parser.add_argument("--mutmut", default=str(Path(sys.executable).with_name("mutmut")))
@@ -51,7 +45,8 @@ def main(argv=None) -> int:
         per_module[module][state] += 1
         if state == "survived":
             survivors[f"{module}.{function.split('__mutmut_')[0]}"].append(name)
-    lines = [f"CPU: {cpu()}. Statuses from `mutmut results --all true`; reached = killed + timeout + survived.", "",
+    lines = [f"CPU: {machine.cpu()['model']}. Statuses from `mutmut results --all true`; "
+             "reached = killed + timeout + survived.", "",
              "| module | killed | timeout | survived | no tests | killed of reached |", "|---|---|---|---|---|---|"]
     total = collections.Counter()
     for module in sorted(per_module):

@@ -20,8 +20,8 @@ from tf_rnn.tasks import CLASSIFICATION, PER_STEP, REGRESSION
 SEQUENCE_VIEWS = ("rows", "pixels", "permuted")  # How an image becomes a sequence (layers.SequenceView).
 # Label smoothing and mirroring are regularisers of the 20-epoch row-wise recipe; a 784-step view trains for a few
 # hundred steps on this hardware, where they only slow learning (benchmarks/README.md: pixel and permuted views).
-VIEW_DEFAULTS = {"pixels": dict(label_smoothing=0.0, augment="none"),
-                 "permuted": dict(label_smoothing=0.0, augment="none")}
+_FEW_STEPS = dict(label_smoothing=0.0, augment="none")
+VIEW_DEFAULTS = {"pixels": _FEW_STEPS, "permuted": _FEW_STEPS}
 DEFAULT_SEQ_LEN = 100
 # Generated datasets: 50,000 training sequences (the validation split comes out of these) and 10,000 test ones.
 GENERATED_TRAIN, GENERATED_TEST = 50_000, 10_000

@@ -195,8 +195,8 @@ def _hypermodel_class():
 
         def config(self, hp) -> TrainConfig:
             values = {name: sample(hp, name, spec) for name, spec in SEARCH_SPACE.items()}
-            # The batch size is declared in fit(); on the first trial it is not known yet here, and its default
-            # (the base batch size) is what fit() will use.
+            # The batch size is read in fit(); the search's oracle declares it up front (`search_space`), but a bare
+            # HyperParameters may lack it, and then fit() uses the base batch size.
             batch = hp.values.get("batch_size", self.base.batch_size)
             return dataclasses.replace(self.base, batch_size=batch, **values)
 
@@ -225,8 +225,9 @@ def _hypermodel_class():
 
 
 def _tuner_classes():
-    """keras-tuner's Tuner and its Hyperband variant (which reads each trial's epochs from the oracle), both
-    printing each trial this process finishes (on a worker the oracle's display is the chief's)."""
+    """keras-tuner's Tuner and its Hyperband variant (which reads each trial's epochs from the oracle), both logging
+    each trial to TensorBoard with its whole config; a worker also prints each trial it finishes (the oracle that
+    prints every trial is the chief's)."""
     import keras_tuner as kt
 
     import keras
@@ -238,7 +239,8 @@ def _tuner_classes():
         own HParams summary, of the values sampled when the trial began; this one it leaves alone."""
 
     class TrialHParams(keras.callbacks.Callback):
-        """The trial's HParams: its whole config, searched values first (the columns shown first)."""
+        """The trial's HParams: its whole config, batch size included (the columns' order is the search's,
+        `write_search_header`)."""
 
         def __init__(self, logdir: str, values: dict, trial_id: str):
             super().__init__()
@@ -443,7 +445,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
     callbacks = [keras.callbacks.EarlyStopping(monitor, patience=tune.early_stopping_patience, mode=mode),
                  *extra_callbacks]
     if role.kind != "worker":
-        write_search_header(workdir / "tensorboard", tune, spec)
+        write_search_header(workdir / "tensorboard", spec)
     if role.kind == "chief":
         print(f"tuning chief: serving the oracle at {role.address}; start the workers (same command, "
               "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
@@ -483,7 +485,7 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
     return {**metrics, "best_config": best.to_dict(), "best_trial": rows[0]["trial"], "finished_trials": len(rows)}
 
 
-def write_search_header(logdir: Path, tune: TuneConfig, spec: DataSpec) -> None:
+def write_search_header(logdir: Path, spec: DataSpec) -> None:
     """The HParams experiment of the search: the searched hyper-parameters as its first columns, the fixed ones
     after (the dashboard shows the first ones)."""
     import tensorflow as tf
