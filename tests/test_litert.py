@@ -28,3 +28,23 @@ def test_two_keras_lstm_layers_become_two_fused_ops_matching_keras():
     assert not {"WHILE", "READ_VARIABLE", "VAR_HANDLE", "FlexWhile"} & set(ops), ops
     x = np.random.default_rng(0).random((1, 28, 28)).astype("float32")
     np.testing.assert_allclose(lite.run(tflite, x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_an_adding_problem_export_becomes_an_onnx_lstm_with_a_dynamic_batch(tmp_path):
+    import onnxruntime
+    import tensorflow as tf
+
+    from tf_rnn import onnx_export, train
+    from tf_rnn.config import resolve
+
+    config = resolve(overrides=dict(dataset="adding", seq_len=6, units=8, steps=3))
+    train.train_and_evaluate(config, tmp_path / "run")
+    proto = onnx_export.convert(tmp_path / "run" / "saved_model")
+    ops = {node.op_type for node in proto.graph.node}
+    assert "LSTM" in ops and "Loop" not in ops, ops
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    serve = tf.saved_model.load(str(tmp_path / "run" / "saved_model")).signatures["serving_default"]
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).random((batch, 6, 2)).astype("float32")
+        got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        np.testing.assert_allclose(got, serve(sequences=tf.constant(x))["predictions"].numpy(), atol=1e-5)
