@@ -48,3 +48,17 @@ def test_an_adding_problem_export_becomes_an_onnx_lstm_with_a_dynamic_batch(tmp_
         x = np.random.default_rng(batch).random((batch, 6, 2)).astype("float32")
         got = session.run(None, {session.get_inputs()[0].name: x})[0]
         np.testing.assert_allclose(got, serve(sequences=tf.constant(x))["predictions"].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+def test_stepping_a_stacked_rnn_gives_the_full_sequence_features(cell):
+    from tf_rnn import streaming
+    from tf_rnn.layers import StackedRNN
+
+    rnn = StackedRNN(cell=cell, units=[6, 5], return_sequences=True)
+    x = np.random.default_rng(0).random((3, 7, 4)).astype("float32")
+    full = np.asarray(rnn(x, training=False))
+    state = streaming.zero_state(rnn, 3)
+    for t in range(7):
+        out, state = streaming.step(rnn, x[:, t], state)
+        np.testing.assert_allclose(np.asarray(out), full[:, t], atol=1e-5)
