@@ -203,6 +203,88 @@ def test_every_dataset_kind_predicts_one_line_per_example_from_its_file(trained,
     assert lines == [f"{tmp_path / 'x.npy'}[{k}]\t{spec.task_type.format_output(out, k, spec)}" for k in range(5)]
 
 
+# --- every runtime a model is deployed to: LiteRT, ONNX, one step at a time ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(trained, tmp_path_factory):
+    """Each kind's model.keras exported as .tflite (batch 3) and .onnx: {kind: (model, spec, tflite, onnx)}."""
+    from tf_rnn import export
+
+    out = {}
+    for kind, (workdir, _, _) in trained.items():
+        spec = DataSpec.from_dict(json.loads((workdir / "data_spec.json").read_text()))
+        model = keras.saving.load_model(workdir / "model.keras")
+        folder = tmp_path_factory.mktemp(f"deployed_{kind}")
+        tflite, = export.export_litert(model, folder, spec, batch=3)
+        out[kind] = (model, spec, tflite, export.export_onnx(model, folder, spec))
+    return out
+
+
+def _keras_outputs(model, spec, x):
+    return {k: np.asarray(v) for k, v in spec.task_type.serving_outputs(model(x, training=False)).items()}
+
+
+def _assert_outputs_match(got, expected, what):
+    assert set(got) == set(expected), what
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-5, err_msg=f"{what}: {name}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_dataset_kind_runs_in_litert_and_onnx_as_keras_does(trained, deployed, kind):
+    from tf_rnn import litert, onnx_export
+
+    model, spec, tflite, onnx_file = deployed[kind]
+    x = _float_inputs(spec, trained[kind][2])
+    lstm_layers = sum(isinstance(r, keras.layers.LSTM) for r in model.get_layer("rnn").rnns)
+    runner = litert.Runner(tflite)
+    for batch in (x[:3], x[3:6]):  # Twice: the fused LSTM's state must not leak from one request to the next.
+        _assert_outputs_match(runner(**{spec.input_name: batch}), _keras_outputs(model, spec, batch), "LiteRT")
+    if spec.image:
+        raw = trained[kind][2].x_test[:3]
+        _assert_outputs_match(runner("serve_uint8", images=raw), _keras_outputs(model, spec, x[:3]), "serve_uint8")
+    for signature, ops in litert.op_names(tflite.read_bytes()).items():
+        assert not set(litert.FORBIDDEN_OPS) & set(ops), (signature, ops)
+        if signature != "step":
+            assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == lstm_layers, (signature, ops)
+    session = onnx_export.Runner(onnx_file)
+    for n in (1, 7):  # The batch is dynamic.
+        _assert_outputs_match(session(**{spec.input_name: x[:n]}), _keras_outputs(model, spec, x[:n]), "ONNX")
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(onnx_file).graph.node]
+    assert ops.count("LSTM") == lstm_layers and not {"Loop", "Scan"} & set(ops), ops
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_dataset_kind_answers_one_step_at_a_time_as_the_full_sequence(trained, deployed, kind):
+    """The SavedModel's and the .tflite's `step`, fed the sequence the recurrent stack reads from `zero_state`:
+    the full model's outputs at the last step, and per-step tasks at each of their scored steps."""
+    from tf_rnn import litert
+
+    workdir, _, arrays = trained[kind]
+    model, spec, tflite, _ = deployed[kind]
+    x = _float_inputs(spec, arrays)[:3]
+    view = np.asarray(model.get_layer("sequence_view")(x)) if spec.image and "sequence_view" in \
+        [layer.name for layer in model.layers] else x
+    full = _keras_outputs(model, spec, x)
+    served = tf.saved_model.load(str(workdir / "saved_model"))
+    state = {k: v.numpy() for k, v in served.signatures["zero_state"](batch_size=tf.constant(3)).items()}
+    lite_state = {k: np.zeros_like(v) for k, v in state.items()}
+    runner, scored = litert.Runner(tflite), spec.output_steps or 1
+    first_scored = view.shape[1] - scored
+    for t in range(view.shape[1]):
+        out = {k: v.numpy() for k, v in served.signatures["step"](
+            inputs_t=tf.constant(view[:, t]), **{k: tf.constant(v) for k, v in state.items()}).items()}
+        lite = runner("step", inputs_t=view[:, t], **lite_state)
+        state, lite_state = {k: out.pop(k) for k in state}, {k: lite.pop(k) for k in lite_state}
+        if t >= first_scored:
+            at = {k: v[:, t - first_scored] if spec.output_steps else v for k, v in full.items()}
+            _assert_outputs_match(out, at, f"SavedModel step {t}")
+            _assert_outputs_match(lite, at, f"LiteRT step {t}")
+
+
 def test_no_module_outside_tasks_names_a_task_kind():
     """Branching on a task's kind lives in tasks.py: elsewhere a task kind is only named where a dataset says
     which task it is (datasets.py)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -31,6 +32,21 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Discards what native code writes to stderr meanwhile (LiteRT's "INFO: Created ... XNNPACK delegate", the int8
+    calibrator's settings line): Python's exceptions still say what failed, and a CLI's stderr stays for errors."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def prog_name() -> str:

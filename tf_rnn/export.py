@@ -1,4 +1,4 @@
-"""Export: a trained .keras model → a portable SavedModel whose signatures follow the dataset's task."""
+"""Export: a trained .keras model → a SavedModel, a LiteRT .tflite, an .onnx, whose signatures follow the task."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ from pathlib import Path
 
 from tf_rnn import cli
 from tf_rnn.cli import RunError, UsageError
-from tf_rnn import datasets
+from tf_rnn import datasets, streaming
 from tf_rnn.datasets import DataSpec, image_spec
+from tf_rnn.litert import QUANTIZATIONS
+from tf_rnn.onnx_export import OPSET
 
 METADATA = "assets.extra/tf_rnn.json"  # Read by tf_rnn.predict; TF Serving ignores assets.extra.
+FORMATS = ("saved_model", "litert", "onnx")
+# The optional runtimes each format needs (pyproject's `export` extra, with the versions tested).
+EXTRAS = {"litert": ("ai_edge_litert", "ai-edge-litert"), "onnx": ("tf2onnx", "tf2onnx and onnxruntime")}
 
 
 @contextlib.contextmanager
@@ -80,6 +85,10 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
     def serve_uint8(images):
         return heads(tf.cast(images, tf.float32) / 255.0)
 
+    def step(inputs_t, state):
+        outputs, state = streaming.step(model, inputs_t, state)
+        return {**spec.task_type.serving_outputs(outputs), **state}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     with generic_kernels(model):
@@ -90,13 +99,66 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
             archive.add_endpoint(
                 "serve_uint8", serve_uint8, [tf.TensorSpec([None, *spec.input_shape], tf.uint8, name="images")]
             )
+        archive.add_endpoint("step", step, [
+            tf.TensorSpec([None, streaming.step_features(model)], tf.float32, name="inputs_t"),
+            streaming.state_specs(model, None)])
+        archive.add_endpoint("zero_state", lambda batch_size: streaming.zero_state(model, batch_size),
+                             [tf.TensorSpec([], tf.int32, name="batch_size")])
         archive.write_out(str(out_dir), verbose=False)
-    meta = out_dir / METADATA
-    meta.parent.mkdir(parents=True, exist_ok=True)
-    # `dataset` and `class_names` as before; the rest tells tf_rnn.predict what to read and print.
-    meta.write_text(json.dumps({"dataset": spec.name, "class_names": list(spec.class_names) or None,
-                                "spec": spec.to_dict()}, indent=2) + "\n")
+    write_metadata(out_dir, spec)
     return out_dir
+
+
+def metadata(spec: DataSpec) -> dict:
+    """What tf_rnn.predict needs to read inputs and print outputs; `dataset` and `class_names` as older exports."""
+    return {"dataset": spec.name, "class_names": list(spec.class_names) or None, "spec": spec.to_dict()}
+
+
+def write_metadata(out_dir: Path, spec: DataSpec) -> None:
+    meta = Path(out_dir) / METADATA
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(metadata(spec), indent=2) + "\n")
+
+
+def export_litert(model, out_dir: str | Path, spec: DataSpec, batch: int = 1, quantize=(), representative=None):
+    """Writes `model.tflite` (float32) and `model_<q>.tflite` for each of `quantize` into `out_dir`.
+
+    Built-in ops only, each LSTM layer one fused `UNIDIRECTIONAL_SEQUENCE_LSTM`, at the fixed `batch` (the fused op
+    sizes its state at conversion); signatures `serving_default`, images' `serve_uint8`, and `step` (not in int8).
+
+    Returns:
+      The files written.
+    """
+    from tf_rnn import litert
+
+    out_dir, written = Path(out_dir), []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for q in (None, *quantize):
+        path = out_dir / (f"model_{q}.tflite" if q else "model.tflite")
+        tflite = litert.convert(model, spec, batch, q, representative)
+        path.write_bytes(litert.with_metadata(tflite, {**metadata(spec), "batch": batch, "quantize": q}))
+        written.append(path)
+    return written
+
+
+def export_onnx(model, out_dir: str | Path, spec: DataSpec) -> Path:
+    """Writes `model.onnx` into `out_dir`: the ONNX LSTM/GRU/RNN ops, a dynamic batch, `serving_default`'s float
+    input and outputs (tf_rnn.onnx_export)."""
+    from tf_rnn import onnx_export
+
+    path = Path(out_dir) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(onnx_export.convert(model, spec, metadata(spec)).SerializeToString())
+    return path
+
+
+def require(fmt: str) -> None:
+    """A one-line error naming the extra when `fmt`'s runtime is not installed."""
+    import importlib.util
+
+    if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt][0]) is None:
+        raise UsageError(f"--format {fmt} needs {EXTRAS[fmt][1]}, not installed: pip install -e '.[export]' in the "
+                         "tf_rnn checkout")
 
 
 def describe(spec: DataSpec) -> str:
@@ -106,7 +168,22 @@ def describe(spec: DataSpec) -> str:
     text = f"serving_default <float32>[batch, {shape}]"
     if spec.image:
         text += f" in [0, 1], serve_uint8 <uint8>[batch, {shape}]"
-    return f"{text} -> {outputs}"
+    return f"{text} -> {outputs}; step and zero_state"
+
+
+def representative_inputs(run_dir: Path, spec: DataSpec, n: int = 256):
+    """`<float32>[n, T, F]` training inputs of the run beside the model, for int8 calibration."""
+    import numpy as np
+
+    from tf_rnn import config as config_lib
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise UsageError(f"--quantize int8 calibrates on training data: {path} (the run's config) is missing")
+    config = config_lib.resolve(file_values=config_lib.load_json(path))
+    arrays, _ = datasets.load(config)
+    x = arrays.x_train[np.random.default_rng(0).permutation(len(arrays.x_train))[:n]]
+    return x.astype(np.float32) / 255.0 if spec.image else x.astype(np.float32)
 
 
 def saved_model_op_types(export_dir: str | Path) -> set[str]:
@@ -126,17 +203,33 @@ def saved_model_op_types(export_dir: str | Path) -> set[str]:
 def main(argv=None) -> int:
     parser = cli.OneLineParser(prog="python -m tf_rnn.export", description=__doc__)
     parser.add_argument("model", help="a .keras file written by tf_rnn.train (its model.keras)")
-    parser.add_argument("--out", required=True, help="SavedModel folder to create (must not exist)")
+    parser.add_argument("--out", required=True, help="folder to create (must not exist): the SavedModel's files, "
+                        "model.tflite, model_<quantize>.tflite, model.onnx")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["saved_model"],
+                        help="one or several (default: saved_model)")
+    parser.add_argument("--batch", type=int, default=1, help="litert: the batch the file runs at (the fused LSTM "
+                        "sizes its state at conversion; the file refuses any other; default 1)")
+    parser.add_argument("--quantize", nargs="+", choices=QUANTIZATIONS, default=[],
+                        help="litert: also write model_<q>.tflite: float16 weights, dynamic (int8 weights), int8 "
+                        "(integers throughout, calibrated on 256 training inputs of the run)")
     parser.add_argument("--dataset", choices=datasets.IMAGE_DATASETS, default=None,
                         help="for a model without data_spec.json beside it (a TF1 conversion): the image dataset "
                         "whose class names to record (default: from the run's config.json)")
     args = parser.parse_args(argv)
+    formats = list(dict.fromkeys(args.format))
     path = Path(args.model)
     if path.suffix != ".keras" or not path.is_file():
         raise UsageError(f"{path}: not a .keras file; pass the model.keras of a training run")
     if Path(args.out).exists():
         raise UsageError(f"--out {args.out}: exists; choose another folder (nothing was overwritten)")
+    if args.batch < 1:
+        raise UsageError(f"--batch {args.batch}: must be >= 1")
+    if args.quantize and "litert" not in formats:
+        raise UsageError("--quantize applies to --format litert; add it")
+    for fmt in formats:
+        require(fmt)
     spec = read_spec(path.parent, args.dataset)
+    representative = representative_inputs(path.parent, spec) if "int8" in args.quantize else None
     import keras
 
     import tf_rnn
@@ -151,8 +244,18 @@ def main(argv=None) -> int:
     if takes != tuple(spec.input_shape):
         raise RunError(f"{path}: takes {list(takes)} but {spec.name} is {list(spec.input_shape)}; "
                        "export the model.keras of the run whose data_spec.json/config.json is beside it")
-    export_saved_model(model, args.out, spec)
-    print(f"wrote SavedModel {args.out} ({describe(spec)})")
+    out = Path(args.out)
+    if "saved_model" in formats:
+        export_saved_model(model, out, spec)
+        print(f"wrote SavedModel {out} ({describe(spec)})")
+    else:
+        write_metadata(out, spec)
+    if "litert" in formats:
+        for file in export_litert(model, out, spec, args.batch, args.quantize, representative):
+            print(f"wrote {file} (LiteRT, batch {args.batch}, {file.stat().st_size / 1e6:.2f} MB)")
+    if "onnx" in formats:
+        file = export_onnx(model, out, spec)
+        print(f"wrote {file} (ONNX opset {OPSET}, batch dynamic, {file.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 

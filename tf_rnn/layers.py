@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 
 import keras
@@ -12,6 +14,25 @@ CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.lay
 ACTIVATIONS = ("tanh", "softsign")
 
 _warned_softsign = False
+
+# How an export writes each recurrent layer for a runtime that cannot run Keras' own graph (tf_rnn.litert): a
+# function `(keras RNN layer, x) -> y`, or None for Keras' layers.
+_LAYER_WRITER = contextvars.ContextVar("tf_rnn_layer_writer", default=None)
+
+
+@contextlib.contextmanager
+def layers_written_by(writer):
+    """Inside, every StackedRNN computes each recurrent layer as `writer(rnn, x)` (inference only; dropout is off).
+
+    Args:
+      writer: `(keras.layers.LSTM | GRU | SimpleRNN, <float32>[batch, T, F]) -> [batch, T, units]` or
+        `[batch, units]`, as the layer's `return_sequences` says.
+    """
+    token = _LAYER_WRITER.set(writer)
+    try:
+        yield
+    finally:
+        _LAYER_WRITER.reset(token)
 
 
 def _warn_softsign_once() -> None:
@@ -125,10 +146,12 @@ class StackedRNN(keras.layers.Layer):
         return fused.lstm if isinstance(rnn, keras.layers.LSTM) else fused.gru
 
     def call(self, inputs, training=None):
-        x = inputs
+        x, writer = inputs, _LAYER_WRITER.get()
         for rnn, drop in zip(self.rnns, self.dropouts):
             op = self._fused_op(rnn, x, training)
-            if op:
+            if writer:
+                x = writer(rnn, x)
+            elif op:
                 x = op(x, rnn.cell.kernel, rnn.cell.recurrent_kernel, rnn.cell.bias, rnn.return_sequences)
             else:
                 x = rnn(x, training=training)

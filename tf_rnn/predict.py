@@ -1,4 +1,4 @@
-"""Predict: run an exported SavedModel on images (IDX, .npy/.npz, PNG) or sequences (.npy/.npz), one line each."""
+"""Predict: run an export (SavedModel, .tflite, .onnx) or a .keras on images or sequences, one line each."""
 
 from __future__ import annotations
 
@@ -120,32 +120,108 @@ def read_sequences(path: Path, spec: DataSpec) -> np.ndarray:
     return array
 
 
+def open_model(path: Path):
+    """An export or a .keras: `(spec, load)`, the spec read first (cheap) so that inputs are checked before loading.
+
+    `load()` returns `(answer, runtime)`: `answer(<float32>[N, T, F]) -> {output: [N, ...]}` runs `serving_default`
+    (a .tflite in batches of the size it was exported at, the last one padded); `runtime` names what answers,
+    e.g. "LiteRT interpreter (ai-edge-litert 2.3.0)".
+
+    Raises:
+      UsageError: not a file or folder of a kind tf_rnn writes, or its runtime is not installed.
+    """
+    from tf_rnn import export
+
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise UsageError(f"{path}: not a SavedModel folder (no saved_model.pb); export one with "
+                             "python -m tf_rnn.export, or pass its model.tflite/model.onnx")
+        spec = _spec(_read_json(path / METADATA))
+
+        def load_saved_model():
+            import tensorflow as tf
+
+            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+            return (lambda x: {k: v.numpy() for k, v in serve(**{spec.input_name: tf.constant(x)}).items()},
+                    f"TensorFlow {tf.__version__} (SavedModel)")
+
+        return spec, load_saved_model
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file or folder")
+    if suffix in (".tflite", ".onnx"):
+        export.require("litert" if suffix == ".tflite" else "onnx")
+        from tf_rnn import litert, onnx_export
+
+        try:
+            runner = (litert.Runner if suffix == ".tflite" else onnx_export.Runner)(path)
+        except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line.
+            raise RunError(f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        spec = _spec(runner.meta or _read_json(path.parent / METADATA))
+        (shape, _), = runner.inputs().values()
+        return spec, lambda: (_batched(lambda x: runner(**{spec.input_name: x}), shape[0]), runner.runtime)
+    if suffix == ".keras":
+        spec = export.read_spec(path.parent, None)
+
+        def load_keras():
+            import keras
+
+            import tf_rnn
+
+            tf_rnn.register_keras_objects()
+            model = keras.saving.load_model(path)
+            return (lambda x: {k: np.asarray(v) for k, v in
+                               spec.task_type.serving_outputs(model(x, training=False)).items()},
+                    f"Keras {keras.__version__}")
+
+        return spec, load_keras
+    raise UsageError(f"{path}: not a model tf_rnn reads; pass a SavedModel folder, .tflite, .onnx or .keras")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _spec(meta: dict) -> DataSpec:
+    # Exports older than the task registry hold only class names: they are image classifiers.
+    return DataSpec.from_dict(meta["spec"]) if "spec" in meta else image_spec(meta.get("dataset"))
+
+
+def _batched(answer, batch: int | None):
+    """`answer` for a runtime that takes exactly `batch` inputs (None: any number)."""
+    if batch is None:
+        return answer
+
+    def run(x):
+        chunks = []
+        for start in range(0, len(x), batch):
+            part = x[start:start + batch]
+            padded = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
+            chunks.append({k: v[:len(part)] for k, v in answer(padded).items()})
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    return run
+
+
 @cli.entry_point()
 def main(argv=None) -> int:
     parser = cli.OneLineParser(prog="python -m tf_rnn.predict", description=__doc__)
-    parser.add_argument("model_dir", help="an exported SavedModel (tf_rnn.export, or a run's saved_model/)")
+    parser.add_argument("model", help="an export (a SavedModel folder, model.tflite, model.onnx: tf_rnn.export) "
+                        "or a run's model.keras")
     parser.add_argument("files", nargs="+", help="images: PNG (28x28 grayscale), .npy/.npz, IDX files; other "
                         "datasets: .npy/.npz of [N, T, F] sequences")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
-    model_dir = Path(args.model_dir)
-    if not (model_dir / "saved_model.pb").is_file():
-        raise UsageError(f"{model_dir}: not a SavedModel folder (no saved_model.pb); export one with "
-                         "python -m tf_rnn.export")
-    meta_path = model_dir / METADATA
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    # Exports older than the task registry hold only class names: they are image classifiers.
-    spec = DataSpec.from_dict(meta["spec"]) if "spec" in meta else image_spec(meta.get("dataset"))
+    spec, load = open_model(Path(args.model))
     read = read_images if spec.image else read_sequences
     batches = [(path, read(Path(path), spec)) for path in args.files]
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    answer, runtime = load()
+    print(f"answered by {runtime}: {args.model}", file=sys.stderr)
     for path, inputs in batches:
         for start in range(0, len(inputs), args.batch_size):
-            out = {k: v.numpy() for k, v in serve(**{spec.input_name: tf.constant(inputs[start:start + args.batch_size])}).items()}
+            out = answer(inputs[start:start + args.batch_size])
             for k in range(len(next(iter(out.values())))):
                 where = f"{path}[{start + k}]" if len(inputs) > 1 else str(path)
                 print(f"{where}\t{spec.task_type.format_output(out, k, spec)}")

@@ -1,0 +1,189 @@
+"""Deployment: every cell and depth in LiteRT and ONNX, the export and predict CLIs on every format, a fixed LiteRT
+batch, quantized files, bad input to each runtime. (Every task and dataset kind: tests/test_contracts.py.)"""
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from tf_rnn import cli, datasets, export, litert, onnx_export, predict, train
+from tf_rnn.config import resolve
+from tf_rnn.models import build_model
+
+ADDING = dict(dataset="adding", seq_len=7)
+
+
+def _model(**overrides):
+    config = resolve("seed", overrides={"units": 6, **overrides})
+    spec = datasets.get(config.dataset).spec(config, None)
+    return build_model(config, spec=spec), spec
+
+
+def _keras(model, spec, x):
+    return {k: np.asarray(v) for k, v in spec.task_type.serving_outputs(model(x, training=False)).items()}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+@pytest.mark.parametrize("layers, activation", [(1, "tanh"), (2, "tanh"), (2, "softsign")])
+def test_every_cell_and_depth_becomes_built_in_ops_and_onnx_recurrent_ops_matching_keras(cell, layers, activation):
+    model, spec = _model(cell=cell, layers=layers, activation=activation, **ADDING)
+    x = np.random.default_rng(0).normal(size=(2, 7, 2)).astype(np.float32)
+    tflite = litert.convert(model, spec, batch=2)
+    ops = litert.op_names(tflite)["serving_default"]
+    assert not set(litert.FORBIDDEN_OPS) & set(ops), ops
+    # The fused op computes tanh only: a softsign LSTM is unrolled like the GRU and vanilla layers.
+    fused = layers if cell == "lstm" and activation == "tanh" else 0
+    assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == fused, ops
+    runner = litert.Runner(tflite)
+    expected = _keras(model, spec, x)
+    for _ in range(2):
+        np.testing.assert_allclose(runner(sequences=x)["predictions"], expected["predictions"], atol=1e-5)
+    proto = onnx_export.convert(model, spec)
+    kinds = [node.op_type for node in proto.graph.node]
+    assert kinds.count(onnx_export.RECURRENT_OPS[cell]) == layers and not {"Loop", "Scan"} & set(kinds), kinds
+    session = onnx_export.Runner(proto.SerializeToString())
+    np.testing.assert_allclose(session(sequences=x)["predictions"], expected["predictions"], atol=1e-5)
+
+
+def test_a_pixel_sequence_lstm_is_one_fused_op_over_784_steps():
+    model, spec = _model(dataset="fashion_mnist", sequence="pixels")
+    x = np.random.default_rng(1).random((1, 28, 28)).astype(np.float32)
+    tflite = litert.convert(model, spec, batch=1)
+    assert litert.op_names(tflite)["serving_default"].count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1
+    np.testing.assert_allclose(litert.Runner(tflite)(images=x)["logits"], _keras(model, spec, x)["logits"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def adding_run(tmp_path_factory):
+    """A tiny adding-problem run: its workdir (model.keras, config.json, saved_model/)."""
+    workdir = tmp_path_factory.mktemp("adding_run") / "run"
+    train.train_and_evaluate(resolve("seed", overrides=dict(units=6, steps=4, **ADDING)), workdir)
+    return workdir
+
+
+def test_export_writes_every_format_and_predict_answers_the_same_from_each(adding_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    argv = [str(adding_run / "model.keras"), "--out", str(out), "--format", "saved_model", "litert", "onnx",
+            "--batch", "2", "--quantize", "float16", "dynamic", "int8"]
+    assert export.main(argv) == 0
+    printed = capsys.readouterr().out
+    files = ["model.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite", "model.onnx"]
+    assert all((out / f).is_file() and f in printed for f in files) and (out / "saved_model.pb").is_file()
+    for f in files[:4]:
+        meta = litert.read_metadata((out / f).read_bytes())
+        assert meta["batch"] == 2 and meta["quantize"] == (f[6:-7] or None) and meta["spec"]["task"] == "regression"
+    x = np.random.default_rng(2).random((5, 7, 2)).astype(np.float32)  # 5: the 2-batch file pads its last batch.
+    x[:, :, 1] = 0
+    x[:, [1, 4], 1] = 1
+    np.save(tmp_path / "x.npy", x)
+    answers = {}
+    for model in (out, out / "model.tflite", out / "model.onnx", adding_run / "model.keras"):
+        assert predict.main([str(model), str(tmp_path / "x.npy"), "--batch-size", "3"]) == 0
+        result = capsys.readouterr()
+        answers[model.name] = result.out
+        runtime = {"export": "TensorFlow", "model.tflite": "LiteRT", "model.onnx": "ONNX Runtime",
+                   "model.keras": "Keras"}[model.name]
+        assert result.err.startswith(f"answered by {runtime}") and result.err.count("\n") == 1, result.err
+    assert len(set(answers.values())) == 1 and answers["export"].count("\n") == 5, answers
+
+
+def test_a_tflite_alone_carries_what_predict_needs(adding_run, tmp_path, capsys):
+    export.export_litert(keras.saving.load_model(adding_run / "model.keras"), tmp_path / "e", _spec(adding_run))
+    lonely = tmp_path / "elsewhere" / "m.tflite"
+    lonely.parent.mkdir()
+    shutil.copy(tmp_path / "e" / "model.tflite", lonely)
+    np.save(tmp_path / "x.npy", np.zeros((7, 2), np.float32))
+    assert predict.main([str(lonely), str(tmp_path / "x.npy")]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def _spec(workdir):
+    return datasets.DataSpec.from_dict(json.loads((workdir / "data_spec.json").read_text()))
+
+
+def test_int8_is_integer_throughout_and_close_to_float(adding_run, tmp_path):
+    spec = _spec(adding_run)
+    model = keras.saving.load_model(adding_run / "model.keras")
+    sample = export.representative_inputs(adding_run, spec)
+    assert sample.shape == (256, 7, 2) and sample.dtype == np.float32
+    written = export.export_litert(model, tmp_path, spec, quantize=["int8"], representative=sample)
+    float_file, int8_file = (p.read_bytes() for p in written)
+    assert "step" not in litert.op_names(int8_file) and {"QUANTIZE", "DEQUANTIZE"} <= set(
+        litert.op_names(int8_file)["serving_default"])
+    from ai_edge_litert.interpreter import Interpreter
+
+    weights = {d["dtype"] for d in Interpreter(model_content=int8_file).get_tensor_details()
+               if len(d["shape"]) == 2 and d["shape"][0] > 1}
+    assert np.int8 in weights, weights
+    x = sample[:20]
+    reference = np.concatenate([litert.Runner(float_file)(sequences=x[i:i + 1])["predictions"] for i in range(20)])
+    quantized = np.concatenate([litert.Runner(int8_file)(sequences=x[i:i + 1])["predictions"] for i in range(20)])
+    scale = np.abs(reference).max()
+    assert 0 < np.abs(quantized - reference).max() < 0.05 * scale
+
+
+@pytest.mark.parametrize("runtime", ["litert", "onnx"])
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((3, 7, 2), np.float32), r"sequences is \[3, 7, 2\]; this \.(tflite|onnx) takes"),
+    (np.zeros((2, 8, 2), np.float32), r"sequences is \[2, 8, 2\]"),
+    (np.zeros((2, 7, 2), np.float64), r"sequences is float64; this \.(tflite|onnx) takes float32"),
+])
+def test_each_runtime_refuses_a_wrong_shape_or_dtype_in_one_line(runtime, bad, message):
+    model, spec = _model(**ADDING)
+    if runtime == "litert":
+        runner = litert.Runner(litert.convert(model, spec, batch=2))
+    else:
+        runner = onnx_export.Runner(onnx_export.convert(model, spec).SerializeToString())
+        if bad.shape[0] == 3:  # The ONNX batch is dynamic: 3 is as good as 2.
+            assert runner(sequences=bad)["predictions"].shape == (3, 1)
+            return
+    with pytest.raises(cli.RunError, match=message) as e:
+        runner(sequences=bad)
+    assert "\n" not in str(e.value)
+    if runtime == "litert" and bad.shape[0] == 3:
+        assert "export with --batch 3" in str(e.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "onnx", "--quantize", "int8"], "--quantize applies to --format litert"),
+    (["--format", "litert", "--batch", "0"], "--batch 0: must be >= 1"),
+    (["--format", "tflite"], "invalid choice: 'tflite'"),
+])
+def test_export_refuses_bad_flags_in_one_line(adding_run, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        export.main([str(adding_run / "model.keras"), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fmt, package", [("litert", "ai_edge_litert"), ("onnx", "tf2onnx")])
+def test_a_missing_runtime_names_the_extra_in_one_line(adding_run, tmp_path, capsys, monkeypatch, fmt, package):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        export.main([str(adding_run / "model.keras"), "--out", str(tmp_path / "o"), "--format", fmt])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "pip install -e '.[export]'" in err and err.count("\n") == 1, err
+
+
+def test_predict_refuses_a_file_it_cannot_read_in_one_line(tmp_path, capsys):
+    (tmp_path / "bad.tflite").write_bytes(b"not a flatbuffer")
+    np.save(tmp_path / "x.npy", np.zeros((7, 2), np.float32))
+    with pytest.raises(SystemExit) as e:
+        predict.main([str(tmp_path / "bad.tflite"), str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "bad.tflite: cannot be loaded" in err and err.count("\n") == 1, err
+
+
+def test_the_onnx_recurrent_nodes_are_checked_against_the_layers():
+    """A layer tf2onnx left as a loop is an error, never a file."""
+    model, spec = _model(cell="gru", **ADDING)
+    proto = onnx.ModelProto()
+    with pytest.raises(ValueError, match="1 recurrent layers became 0 ONNX recurrent ops"):
+        onnx_export._finish_recurrent_nodes(proto, model.get_layer("rnn").rnns)
