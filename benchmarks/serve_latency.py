@@ -1,16 +1,19 @@
-"""Serving latency of an exported SavedModel: p50/p99 per request at batch 1 and 256.
+"""Serving latency of one model in every runtime: SavedModel (TensorFlow), LiteRT (float32, int8), ONNX Runtime.
 
-    python -m benchmarks.serve_latency [MODEL_DIR] [--requests 300] [--json OUT]
+    python -m benchmarks.serve_latency [RUN_DIR] [--requests 300] [--batch-sizes 1 256] [--json OUT]
 
-Without MODEL_DIR it exports the `seed` preset's (untrained: latency does not depend on the weights) model to a
-temporary folder first. Requests go through `tf.saved_model.load(...).signatures["serve_uint8"]`, as a serving
-process without tf_rnn would make them.
+RUN_DIR is a `python -m tf_rnn.train` run; without it the `seed` preset's untrained model (latency does not depend
+on the weights; int8 then calibrates on random images). Each runtime gets `serving_default`'s float input, as a
+serving process without tf_rnn would send it: `tf.saved_model.load(...).signatures`, the `ai-edge-litert`
+interpreter (a file per batch size: the fused LSTM's batch is fixed), an `onnxruntime.InferenceSession`. All use
+every CPU. p50/p99 over `--requests` after 20 warm-up requests; file size of what a deployment ships.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -23,45 +26,81 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_latency", description=__doc__.split("\n")[0])
-    parser.add_argument("model_dir", nargs="?", help="an exported SavedModel (default: export the seed model)")
+    parser.add_argument("run_dir", nargs="?", help="a tf_rnn.train run (default: the untrained seed model)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--json", help="write the table as JSON here (the file the README quotes)")
     args = parser.parse_args(argv)
 
+    import keras
     import numpy as np
+    import onnxruntime
     import tensorflow as tf
 
-    model_dir = args.model_dir
-    if model_dir is None:
-        from tf_rnn.config import resolve
-        from tf_rnn.export import export_saved_model
-        from tf_rnn.models import build_model
+    import tf_rnn
+    from benchmarks.machine import cpu, cpu_name
+    from tf_rnn import export, litert
+    from tf_rnn.config import resolve
+    from tf_rnn.datasets import DataSpec, image_spec
+    from tf_rnn.models import build_model
 
-        model_dir = export_saved_model(build_model(resolve("seed")), Path(tempfile.mkdtemp()) / "sm")
-    serve = tf.saved_model.load(str(model_dir)).signatures["serve_uint8"]
+    tf_rnn.register_keras_objects()
+    if args.run_dir:
+        run = Path(args.run_dir)
+        model = keras.saving.load_model(run / "model.keras")
+        spec = DataSpec.from_dict(json.loads((run / "data_spec.json").read_text()))
+        calibration = export.representative_inputs(run, spec)
+    else:
+        model, spec = build_model(resolve("seed")), image_spec(None)
+        calibration = np.random.default_rng(1).random((256, 28, 28)).astype(np.float32)
+    tmp = Path(tempfile.mkdtemp())
+    saved_model = export.export_saved_model(model, tmp / "saved_model", spec)
+    onnx_file = export.export_onnx(model, tmp / "onnx", spec)
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    print(f"{'batch':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'images/s at p50':>16s}")
+
+    print(f"{cpu_name()}\n{'runtime':28s} {'batch':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'examples/s':>11s} {'MB':>7s}")
     rows = []
     for batch in args.batch_sizes:
-        images = tf.constant(rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8))
-        for _ in range(20):  # Warm-up: the first calls build the function's kernels.
-            serve(images=images)["classes"].numpy()
-        times = []
-        for _ in range(args.requests):
-            start = time.perf_counter()
-            serve(images=images)["classes"].numpy()
-            times.append((time.perf_counter() - start) * 1e3)
-        p50, p99 = statistics.median(times), percentile(times, 99)
-        print(f"{batch:6d} {p50:8.2f} {p99:8.2f} {batch / p50 * 1e3:16,.0f}")
-        rows.append({"batch": batch, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
-                     "images_per_s_at_p50": round(batch / p50 * 1e3)})
+        x = rng.random((batch, *spec.input_shape)).astype(np.float32)
+        files = export.export_litert(model, tmp / f"litert_{batch}", spec, batch, ["int8"], calibration)
+        contenders = [
+            ("SavedModel (TensorFlow)", saved_model, lambda: serve(**{spec.input_name: tf.constant(x)})),
+            ("ONNX Runtime", onnx_file, lambda: session.run(None, {spec.input_name: x})),
+        ]
+        for path, label in zip(files, ("LiteRT float32", "LiteRT int8")):
+            runner = litert.Runner(path, num_threads=os.cpu_count())
+            contenders.append((label, path, lambda runner=runner: runner(**{spec.input_name: x})))
+        for label, path, call in contenders:
+            for _ in range(20):  # Warm-up: first calls build kernels and plans.
+                call()
+            times = []
+            for _ in range(args.requests):
+                start = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - start) * 1e3)
+            p50, p99 = statistics.median(times), percentile(times, 99)
+            row = {"runtime": label, "batch": batch, "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
+                   "examples_per_s_at_p50": round(batch / p50 * 1e3), "bytes": _size(Path(path))}
+            rows.append(row)
+            print(f"{label:28s} {batch:6d} {p50:8.2f} {p99:8.2f} {row['examples_per_s_at_p50']:11,d} "
+                  f"{row['bytes'] / 1e6:7.2f}", flush=True)
     if args.json:
-        command = "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:])
-        Path(args.json).write_text(json.dumps({"command": command, "requests": args.requests, "rows": rows},
-                                              indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({
+            "command": "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:]), "cpu": cpu(),
+            "cpu_name": cpu_name(), "model": model.name, "requests": args.requests,
+            "versions": {"tensorflow": tf.__version__, "onnxruntime": onnxruntime.__version__,
+                         "ai-edge-litert": __import__("importlib.metadata").metadata.version("ai-edge-litert")},
+            "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -99,3 +99,36 @@ def test_a_sequence_experiment_probes_every_run_and_names_the_cpu(tmp_path):
         first_under = next((step for step, value in run["curve"] if value < 0.01), None)
         assert run["reached"] == first_under and (first_under is None or first_under == steps[-1]), values
     assert (tmp_path / "adding.png").stat().st_size > 0
+
+
+def test_serve_latency_times_every_runtime_at_every_batch_and_names_the_cpu(tmp_path):
+    from benchmarks import serve_latency
+
+    out = tmp_path / "latency.json"
+    assert serve_latency.main(["--requests", "3", "--batch-sizes", "1", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    runtimes = {"SavedModel (TensorFlow)", "ONNX Runtime", "LiteRT float32", "LiteRT int8"}
+    assert {(r["runtime"], r["batch"]) for r in result["rows"]} == {(r, b) for r in runtimes for b in (1, 2)}
+    for row in result["rows"]:
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["bytes"] > 0
+        assert row["examples_per_s_at_p50"] == pytest.approx(row["batch"] / row["p50_ms"] * 1e3, rel=0.01)
+    assert result["cpu"]["model"] and result["versions"]["ai-edge-litert"]
+
+
+def test_quantization_scores_every_file_on_the_whole_test_set(tmp_path):
+    from benchmarks import quantization
+    from tf_rnn import train
+    from tf_rnn.config import resolve
+
+    run = tmp_path / "run"
+    train.train_and_evaluate(resolve("seed", overrides=dict(dataset="adding", seq_len=5, units=4, steps=2)), run)
+    out = tmp_path / "q.json"
+    assert quantization.main([str(run), "--batch", "50", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["format"] for r in result["rows"]]
+    assert names == ["Keras (float32)", "model.tflite", "model_float16.tflite", "model_dynamic.tflite",
+                     "model_int8.tflite"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert result["rows"][0]["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)
+    assert result["rows"][1]["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)  # float32: same model
+    assert result["rows"][4]["of_float_size"] < 1 and result["test_examples"] == 10000 and result["cpu"]["model"]

@@ -156,8 +156,12 @@ def convert(model, spec, batch: int = 1, quantize: str | None = None, representa
     """
     import tensorflow as tf
 
-    # int8 leaves the step signature out: calibrating it would need states drawn from real sequences.
     functions = signature_functions(model, spec, batch, step=quantize != "int8")
+    if quantize == "int8":
+        # serving_default only: TF 2.21's calibrator fails to prepare a second signature holding the fused LSTM's
+        # variable state ("tensor.data.raw != nullptr", measured), and calibrating `step` would need states drawn
+        # from real sequences.
+        functions = {"serving_default": functions["serving_default"]}
     holder = tf.Module()
     holder.variables_ = [w.value for w in model.weights]
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,10 +183,7 @@ def convert(model, spec, batch: int = 1, quantize: str | None = None, representa
 
 def _calibration(x: np.ndarray, spec, batch: int):
     for start in range(0, len(x) - batch + 1, batch):
-        sample = x[start:start + batch].astype(np.float32)
-        yield "serving_default", {spec.input_name: sample}
-        if spec.image:
-            yield "serve_uint8", {spec.input_name: np.round(sample * 255).astype(np.uint8)}
+        yield "serving_default", {spec.input_name: x[start:start + batch].astype(np.float32)}
 
 
 def with_metadata(tflite: bytes, meta: dict) -> bytes:
@@ -241,7 +242,7 @@ class Runner:
     silently wrong outputs on others): shape — including the batch the file was converted at — and dtype.
     """
 
-    def __init__(self, path_or_bytes):
+    def __init__(self, path_or_bytes, num_threads: int | None = None):
         from importlib.metadata import version
 
         from ai_edge_litert.interpreter import Interpreter
@@ -250,7 +251,7 @@ class Runner:
         content = Path(path_or_bytes).read_bytes() if isinstance(path_or_bytes, (str, Path)) else path_or_bytes
         self.meta = read_metadata(content) or {}
         with native_stderr_silenced():
-            self.interpreter = Interpreter(model_content=content)
+            self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
             self._runners = {name: self.interpreter.get_signature_runner(name)
                              for name in self.interpreter.get_signature_list()}
             # A runner allocates its subgraph's tensors at its first call, and resetting variables needs every
