@@ -254,8 +254,8 @@ class Runner:
             self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
             self._runners = {name: self.interpreter.get_signature_runner(name)
                              for name in self.interpreter.get_signature_list()}
-            # A runner allocates its subgraph's tensors at its first call, and resetting variables needs every
-            # subgraph allocated: one call of each on zeros.
+            # Resetting the variables (below, per request) needs every signature's tensors allocated, and LiteRT
+            # allocates them at a signature's first call (`allocate_tensors()` does the first signature only).
             for name, runner in self._runners.items():
                 runner(**{k: np.zeros(shape, dtype) for k, (shape, dtype) in self.inputs(name).items()})
 
