@@ -117,7 +117,7 @@ BUGS = [
  ("LiteRT file of Keras' own graph (Flex/WHILE)", "tf_rnn/litert.py", "        with layers_written_by(write_layer):", "        with layers_written_by(None):", "tests/test_deploy.py -k every_cell"),
  ("fused LSTM state leaks between requests", "tf_rnn/litert.py", "        self.interpreter.reset_all_variables()\n", "", "tests/test_contracts.py -k litert"),
  ("LiteRT runner passes any batch through", "tf_rnn/litert.py", "            if value.shape != shape:", "            if value.shape[1:] != shape[1:]:", "tests/test_deploy.py -k refuses"),
- ("step signature keeps LastSteps in the head", "tf_rnn/streaming.py", "return [layer for layer in after if not isinstance(layer, LastSteps)]", "return after", "tests/test_contracts.py -k step_at_a_time"),
+ ("step signature keeps LastSteps in the head", "tf_rnn/streaming.py", "return [layer for layer in after if not isinstance(layer, LastSteps)]", "return after", "tests/test_deploy.py -k per_step"),
  ("ONNX vanilla RNN left as a GRU", "tf_rnn/onnx_export.py", "        if isinstance(rnn, keras.layers.SimpleRNN):", "        if False:", "tests/test_deploy.py -k every_cell"),
  ("ONNX softsign written as tanh", "tf_rnn/onnx_export.py", 'act = "Softsign" if rnn.cell.activation is keras.activations.softsign else "Tanh"', 'act = "Tanh"', "tests/test_deploy.py -k every_cell"),
  ("predict keeps a padded batch's padding", "tf_rnn/predict.py", "chunks.append({k: v[:len(part)] for k, v in answer(padded).items()})", "chunks.append(answer(padded))", "tests/test_deploy.py -k every_format"),

@@ -132,3 +132,14 @@ def test_quantization_scores_every_file_on_the_whole_test_set(tmp_path):
     assert result["rows"][0]["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)
     assert result["rows"][1]["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)  # float32: same model
     assert result["rows"][4]["of_float_size"] < 1 and result["test_examples"] == 10000 and result["cpu"]["model"]
+
+
+def test_litert_steps_shows_the_fused_lstm_as_one_op_and_the_gru_unrolled_over_every_step(tmp_path):
+    from benchmarks import litert_steps
+
+    out = tmp_path / "steps.json"
+    assert litert_steps.main(["--units", "4", "--requests", "2", "--views", "rows", "--cells", "lstm", "gru",
+                              "--json", str(out)]) == 0
+    lstm, gru = json.loads(out.read_text())["rows"]
+    assert lstm["fused_lstm_ops"] == 1 and gru["fused_lstm_ops"] == 0
+    assert gru["ops"] > gru["steps"] > lstm["ops"] and gru["bytes"] > lstm["bytes"]

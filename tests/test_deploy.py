@@ -187,3 +187,26 @@ def test_the_onnx_recurrent_nodes_are_checked_against_the_layers():
     proto = onnx.ModelProto()
     with pytest.raises(ValueError, match="1 recurrent layers became 0 ONNX recurrent ops"):
         onnx_export._finish_recurrent_nodes(proto, model.get_layer("rnn").rnns)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_per_step_models_step_signature_gives_each_scored_steps_outputs(cell):
+    """Wider than the recalled steps (12 units > 10 steps), so a head that still slices steps would slice units."""
+    import tensorflow as tf
+
+    from tf_rnn import streaming
+
+    model, spec = _model(cell=cell, units=12, dataset="copy", seq_len=3)
+    x = np.eye(10, dtype=np.float32)[np.random.default_rng(3).integers(0, 10, (2, 23))]
+    full = _keras(model, spec, x)
+    runner = litert.Runner(litert.convert(model, spec, batch=2))
+    state = {k: v.numpy() for k, v in streaming.zero_state(model, 2).items()}
+    lite_state = dict(state)
+    for t in range(23):
+        outputs, state = streaming.step(model, tf.constant(x[:, t]), state)
+        lite = runner("step", inputs_t=x[:, t], **lite_state)
+        lite_state = {k: lite.pop(k) for k in lite_state}
+        if t >= 23 - spec.output_steps:
+            expected = full["logits"][:, t - (23 - spec.output_steps)]
+            np.testing.assert_allclose(np.asarray(outputs), expected, atol=1e-5)
+            np.testing.assert_allclose(lite["logits"], expected, atol=1e-5)

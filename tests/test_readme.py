@@ -29,8 +29,9 @@ PLAN = {
     "python -m tf_rnn.train --dataset fashion_mnist": [*SMALL, "--workdir", "runs/default"],
     "python -m tf_rnn.train --dataset fashion_mnist --workdir runs/fashion": SMALL,
     "python -m legacy_port.mnist_lstm --dataset fashion_mnist --workdir runs/legacy": ["--training-iters", "256"],
-    "python -m tf_rnn.export runs/fashion/model.keras --out exports/fashion/1": [],
-    "python -m tf_rnn.predict runs/fashion/saved_model shirt.png batch.npy t10k-images-idx3-ubyte.gz": [],
+    "python -m tf_rnn.export runs/fashion/model.keras --out exports/fashion/1 --format saved_model litert onnx "
+    "--quantize int8": [],
+    "python -m tf_rnn.predict exports/fashion/1/model.tflite shirt.png batch.npy t10k-images-idx3-ubyte.gz": [],
     "python -m tf_rnn.train --dataset adding --seq-len 100 --workdir runs/adding": SMALL,
     "python -m tf_rnn.predict runs/adding/saved_model adding.npy": [],
     "python -m tf_rnn.tune --tuner hyperband --max-trials 10 --epochs 3 --final-epochs 3 --dataset fashion_mnist "
@@ -41,6 +42,8 @@ PLAN = {
     "python -m tf_rnn.gpu_check --workdir /tmp/gpu_check": "skip: needs a GPU",
     "python -m benchmarks.train_throughput --repeats 5": "skip: a benchmark of minutes (tests/test_benchmarks.py "
                                                          "runs it small)",
+    "python -m benchmarks.serve_latency runs/fashion": "skip: a benchmark (tests/test_benchmarks.py runs it small)",
+    "python -m benchmarks.quantization runs/fashion": "skip: a benchmark (tests/test_benchmarks.py runs it small)",
 }
 SEVERAL_MACHINES = ("KERASTUNER_", "TF_CONFIG=", "FLAGS=")
 SETUP = "apt-get update"  # The quick start's machine set-up; its training command is run below on its own.
