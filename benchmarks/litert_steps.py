@@ -9,12 +9,10 @@ Untrained one-layer models of the default width (the weights change none of this
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -28,7 +26,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from benchmarks.machine import cpu, cpu_name
+    from benchmarks.machine import cpu_name, write_result
     from tf_rnn import litert
     from tf_rnn.config import resolve
     from tf_rnn.datasets import image_spec
@@ -60,9 +58,7 @@ def main(argv=None) -> int:
             print(f"{cell:7s} {view:7s} {row['steps']:5d} {row['ops']:6d} {row['fused_lstm_ops']:5d} "
                   f"{len(tflite) / 1e6:7.2f} {seconds:9.1f} {row['p50_ms']:7.2f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "command": "python -m benchmarks.litert_steps " + " ".join(sys.argv[1:]), "cpu": cpu(),
-            "cpu_name": cpu_name(), "units": args.units, "rows": rows}, indent=2) + "\n")
+        write_result(args.json, "benchmarks.litert_steps", units=args.units, rows=rows)
     return 0
 
 

@@ -27,3 +27,13 @@ def cpu_name() -> str:
     """One line: `AMD EPYC 7B13 (avx2, fma; 2 CPUs)`."""
     c = cpu()
     return f"{c['model']} ({', '.join(c['flags']) or 'no AVX2'}; {c['cpus']} CPUs)"
+
+
+def write_result(path, module: str, **fields) -> None:
+    """A result file: the command that wrote it (`python -m MODULE ARGS`), the CPU, then `fields`."""
+    import json
+    import sys
+
+    record = {"command": f"python -m {module} " + " ".join(sys.argv[1:]), "cpu": cpu(), "cpu_name": cpu_name(),
+              **fields}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")

@@ -1,10 +1,12 @@
-"""Quantized LiteRT files beside the float one: file size and test accuracy on the whole test set.
+"""Quantized LiteRT files beside the float one (and the ONNX file): size and test metric on the whole test set.
 
     python -m benchmarks.quantization RUN_DIR [--batch 100] [--json OUT]
 
 RUN_DIR is a `python -m tf_rnn.train` run (its model.keras, config.json, data_spec.json). Every file is written by
 `tf_rnn.export.export_litert` (int8 calibrated on 256 training inputs, as `--quantize int8` does) and scored in the
-LiteRT interpreter on every test example; the Keras model's own score is the first row.
+LiteRT interpreter on every test example; the Keras model's own score is the first row. Sizes are given against
+the float file, which also holds `serve_uint8` and `step` (weights written once per signature), and against a
+float file of `serving_default` alone, the signatures an int8 file has.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     import tf_rnn
-    from benchmarks.machine import cpu, cpu_name
+    from benchmarks.machine import write_result
     from tf_rnn import config as config_lib
-    from tf_rnn import datasets, export, litert
+    from tf_rnn import datasets, export, litert, onnx_export
 
     tf_rnn.register_keras_objects()
     run = Path(args.run_dir)
@@ -51,6 +53,10 @@ def main(argv=None) -> int:
         files = export.export_litert(model, tmp, spec, args.batch, list(litert.QUANTIZATIONS),
                                      export.representative_inputs(run, spec))
         float_size = files[0].stat().st_size
+        # Written as export writes files (unused buffers dropped), so that the sizes compare like for like.
+        serving_only = len(litert.with_metadata(
+            litert.convert(model, spec, args.batch, signatures=("serving_default",)), export.metadata(spec)))
+        print(f"{'float32, serving only':24s} {serving_only / 1e6:7.3f} {serving_only / float_size:9.1%}")
         for path in files:
             runner = litert.Runner(path)
             head = "logits" if "logits" in runner(**{spec.input_name: x[:args.batch]}) else "predictions"
@@ -58,14 +64,22 @@ def main(argv=None) -> int:
                                       for i in range(0, len(x) - args.batch + 1, args.batch)])
             row = {"format": path.name, "bytes": path.stat().st_size,
                    "of_float_size": round(path.stat().st_size / float_size, 3),
+                   "of_serving_only_float_size": round(path.stat().st_size / serving_only, 3),
                    **_metrics(task.evaluate(outputs.astype(np.float64), y[:len(outputs)], spec))}
             rows.append(row)
             print(f"{path.name:24s} {row['bytes'] / 1e6:7.3f} {row['of_float_size']:9.1%} {_show(row):>24s}")
+        # The ONNX file beside them, for the README's one table of every runtime.
+        onnx_file = export.export_onnx(model, tmp, spec)
+        session = onnx_export.Runner(onnx_file)
+        outputs = np.concatenate([session(**{spec.input_name: x[i:i + 500]})[head] for i in range(0, len(x), 500)])
+        row = {"format": "model.onnx (ONNX Runtime)", "bytes": onnx_file.stat().st_size,
+               **_metrics(task.evaluate(outputs.astype(np.float64), y, spec))}
+        rows.append(row)
+        print(f"{'model.onnx':24s} {row['bytes'] / 1e6:7.3f} {'':9s} {_show(row):>24s}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "command": "python -m benchmarks.quantization " + " ".join(sys.argv[1:]), "cpu": cpu(),
-            "cpu_name": cpu_name(), "run": str(run), "dataset": spec.name, "test_examples": int(len(y)),
-            "config": json.loads((run / "config.json").read_text()), "rows": rows}, indent=2) + "\n")
+        write_result(args.json, "benchmarks.quantization", run=str(run), dataset=spec.name,
+                     test_examples=int(len(y)), config=json.loads((run / "config.json").read_text()),
+                     float_serving_only_bytes=serving_only, rows=rows)
     return 0
 
 

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     import tf_rnn
-    from benchmarks.machine import cpu, cpu_name
+    from benchmarks.machine import cpu_name, write_result
     from tf_rnn import export, litert
     from tf_rnn.config import resolve
     from tf_rnn.datasets import DataSpec, image_spec
@@ -95,12 +95,11 @@ def main(argv=None) -> int:
             print(f"{label:28s} {batch:6d} {p50:8.2f} {p99:8.2f} {row['examples_per_s_at_p50']:11,d} "
                   f"{row['bytes'] / 1e6:7.2f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "command": "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:]), "cpu": cpu(),
-            "cpu_name": cpu_name(), "model": model.name, "requests": args.requests,
-            "versions": {"tensorflow": tf.__version__, "onnxruntime": onnxruntime.__version__,
-                         "ai-edge-litert": __import__("importlib.metadata").metadata.version("ai-edge-litert")},
-            "rows": rows}, indent=2) + "\n")
+        from importlib.metadata import version
+
+        write_result(args.json, "benchmarks.serve_latency", model=model.name, requests=args.requests,
+                     versions={"tensorflow": tf.__version__, "onnxruntime": onnxruntime.__version__,
+                               "ai-edge-litert": version("ai-edge-litert")}, rows=rows)
     return 0
 
 

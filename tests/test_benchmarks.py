@@ -127,11 +127,16 @@ def test_quantization_scores_every_file_on_the_whole_test_set(tmp_path):
     result = json.loads(out.read_text())
     names = [r["format"] for r in result["rows"]]
     assert names == ["Keras (float32)", "model.tflite", "model_float16.tflite", "model_dynamic.tflite",
-                     "model_int8.tflite"]
+                     "model_int8.tflite", "model.onnx (ONNX Runtime)"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert result["rows"][0]["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)
-    assert result["rows"][1]["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)  # float32: same model
-    assert result["rows"][4]["of_float_size"] < 1 and result["test_examples"] == 10000 and result["cpu"]["model"]
+    for float_row in (result["rows"][1], result["rows"][5]):  # float32 LiteRT and ONNX: the same model as Keras
+        assert float_row["test_mse"] == pytest.approx(metrics["test_mse"], rel=1e-4)
+    float_file, int8 = result["rows"][1], result["rows"][4]
+    assert result["float_serving_only_bytes"] < float_file["bytes"]  # The float file also holds `step`.
+    assert int8["of_float_size"] == round(int8["bytes"] / float_file["bytes"], 3)
+    assert int8["of_serving_only_float_size"] == round(int8["bytes"] / result["float_serving_only_bytes"], 3)
+    assert result["test_examples"] == 10000 and result["cpu"]["model"]
 
 
 def test_litert_steps_shows_the_fused_lstm_as_one_op_and_the_gru_unrolled_over_every_step(tmp_path):

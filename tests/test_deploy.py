@@ -210,3 +210,70 @@ def test_a_per_step_models_step_signature_gives_each_scored_steps_outputs(cell):
             expected = full["logits"][:, t - (23 - spec.output_steps)]
             np.testing.assert_allclose(np.asarray(outputs), expected, atol=1e-5)
             np.testing.assert_allclose(lite["logits"], expected, atol=1e-5)
+
+
+SERVE_WITHOUT_TENSORFLOW = """
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+import onnxruntime
+
+x, expected = np.load(sys.argv[3]), np.load(sys.argv[4])
+interpreter = Interpreter(sys.argv[1])
+runner = interpreter.get_signature_runner("serving_default")
+runner(sequences=np.zeros_like(x[:1]))  # Allocates the signature's tensors, which resetting needs.
+lite = []
+for row in x:
+    interpreter.reset_all_variables()  # As the README says: before every request.
+    lite.append(runner(sequences=row[None])["predictions"][0])
+session = onnxruntime.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+onnx_out = session.run(["predictions"], {"sequences": x})[0]
+assert not {"tensorflow", "keras", "tf_rnn"} & set(sys.modules), sorted(sys.modules)
+np.testing.assert_allclose(np.array(lite), expected, atol=1e-5)
+np.testing.assert_allclose(onnx_out, expected, atol=1e-5)
+print("served", len(x))
+"""
+
+
+def test_a_process_without_tensorflow_serves_the_tflite_and_onnx_as_the_readme_says(adding_run, tmp_path):
+    import subprocess
+    import sys
+
+    model = keras.saving.load_model(adding_run / "model.keras")
+    spec = _spec(adding_run)
+    tflite, = export.export_litert(model, tmp_path, spec)
+    onnx_file = export.export_onnx(model, tmp_path, spec)
+    x = np.random.default_rng(4).random((4, 7, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", _keras(model, spec, x)["predictions"])
+    done = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TENSORFLOW, str(tflite), str(onnx_file),
+                           str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and "served 4" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_metadata_rewrite_drops_only_buffers_no_tensor_uses():
+    from ai_edge_litert import schema_py_generated as schema
+
+    model, spec = _model(**ADDING)
+    raw = litert.convert(model, spec, batch=2, quantize="int8",
+                         representative=np.random.default_rng(5).random((8, 7, 2)).astype(np.float32))
+    final = litert.with_metadata(raw, {"answer": 42})
+    parsed = schema.Model.GetRootAsModel(final, 0)
+    used = {0} | {parsed.Subgraphs(g).Tensors(i).Buffer() for g in range(parsed.SubgraphsLength())
+                  for i in range(parsed.Subgraphs(g).TensorsLength())}
+    used |= {parsed.Metadata(i).Buffer() for i in range(parsed.MetadataLength())}
+    assert used == set(range(parsed.BuffersLength())) and litert.read_metadata(final) == {"answer": 42}
+    x = np.random.default_rng(6).random((2, 7, 2)).astype(np.float32)
+    np.testing.assert_array_equal(litert.Runner(final)(sequences=x)["predictions"],
+                                  litert.Runner(raw)(sequences=x)["predictions"])
+
+
+def test_an_export_that_fails_midway_leaves_no_folder_behind(adding_run, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise cli.RunError("tf2onnx failed")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    with pytest.raises(SystemExit):
+        export.main([str(adding_run / "model.keras"), "--out", str(tmp_path / "o"), "--format", "saved_model", "onnx"])
+    assert "tf2onnx failed" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from tf_rnn import cli
@@ -245,18 +247,35 @@ def main(argv=None) -> int:
         raise RunError(f"{path}: takes {list(takes)} but {spec.name} is {list(spec.input_shape)}; "
                        "export the model.keras of the run whose data_spec.json/config.json is beside it")
     out = Path(args.out)
+    # Written beside, then renamed: a conversion that fails leaves no half-written --out behind.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    partial = scratch / out.name
+    try:
+        written = export_formats(model, partial, spec, formats, args.batch, args.quantize, representative)
+        partial.rename(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for line in written:
+        print(line.replace(str(partial), str(out)))
+    return 0
+
+
+def export_formats(model, out: Path, spec: DataSpec, formats, batch=1, quantize=(), representative=None) -> list:
+    """Writes each of `formats` into the new folder `out`; returns a line for each file written."""
+    lines = []
     if "saved_model" in formats:
         export_saved_model(model, out, spec)
-        print(f"wrote SavedModel {out} ({describe(spec)})")
+        lines.append(f"wrote SavedModel {out} ({describe(spec)})")
     else:
         write_metadata(out, spec)
     if "litert" in formats:
-        for file in export_litert(model, out, spec, args.batch, args.quantize, representative):
-            print(f"wrote {file} (LiteRT, batch {args.batch}, {file.stat().st_size / 1e6:.2f} MB)")
+        for file in export_litert(model, out, spec, batch, quantize, representative):
+            lines.append(f"wrote {file} (LiteRT, batch {batch}, {file.stat().st_size / 1e6:.2f} MB)")
     if "onnx" in formats:
         file = export_onnx(model, out, spec)
-        print(f"wrote {file} (ONNX opset {OPSET}, batch dynamic, {file.stat().st_size / 1e6:.2f} MB)")
-    return 0
+        lines.append(f"wrote {file} (ONNX opset {OPSET}, batch dynamic, {file.stat().st_size / 1e6:.2f} MB)")
+    return lines
 
 
 def read_spec(run_dir: Path, dataset: str | None) -> DataSpec:
