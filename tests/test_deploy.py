@@ -277,3 +277,24 @@ def test_an_export_that_fails_midway_leaves_no_folder_behind(adding_run, tmp_pat
     with pytest.raises(SystemExit):
         export.main([str(adding_run / "model.keras"), "--out", str(tmp_path / "o"), "--format", "saved_model", "onnx"])
     assert "tf2onnx failed" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_predict_names_the_extra_a_tflite_needs_and_refuses_a_broken_keras_file(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    np.save(tmp_path / "x.npy", np.zeros((7, 2), np.float32))
+    (tmp_path / "m.tflite").write_bytes(b"")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else
+                        real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        predict.main([str(tmp_path / "m.tflite"), str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "m.tflite (.tflite) needs ai-edge-litert" in err and err.count("\n") == 1, err
+    monkeypatch.undo()
+    (tmp_path / "model.keras").write_bytes(b"not a zip")  # No data_spec.json beside: an image classifier.
+    np.save(tmp_path / "image.npy", np.zeros((28, 28), np.uint8))
+    with pytest.raises(SystemExit) as e:
+        predict.main([str(tmp_path / "model.keras"), str(tmp_path / "image.npy")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "cannot be loaded as a Keras model" in err and err.count("\n") == 1, err

@@ -154,13 +154,13 @@ def export_onnx(model, out_dir: str | Path, spec: DataSpec) -> Path:
     return path
 
 
-def require(fmt: str) -> None:
-    """A one-line error naming the extra when `fmt`'s runtime is not installed."""
+def require(fmt: str, what: str | None = None) -> None:
+    """A one-line error naming the extra when `fmt`'s runtime is not installed; `what` needs it (default: the flag)."""
     import importlib.util
 
     if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt][0]) is None:
-        raise UsageError(f"--format {fmt} needs {EXTRAS[fmt][1]}, not installed: pip install -e '.[export]' in the "
-                         "tf_rnn checkout")
+        raise UsageError(f"{what or '--format ' + fmt} needs {EXTRAS[fmt][1]}, not installed: pip install -e "
+                         "'.[export]' in the tf_rnn checkout")
 
 
 def describe(spec: DataSpec) -> str:

@@ -150,7 +150,7 @@ def open_model(path: Path):
     if not path.is_file():
         raise UsageError(f"{path}: no such file or folder")
     if suffix in (".tflite", ".onnx"):
-        export.require("litert" if suffix == ".tflite" else "onnx")
+        export.require("litert" if suffix == ".tflite" else "onnx", f"{path} ({suffix})")
         from tf_rnn import litert, onnx_export
 
         try:
@@ -169,7 +169,11 @@ def open_model(path: Path):
             import tf_rnn
 
             tf_rnn.register_keras_objects()
-            model = keras.saving.load_model(path)
+            try:
+                model = keras.saving.load_model(path)
+            except Exception as e:  # noqa: BLE001 - the user's file: one line, not a traceback.
+                raise RunError(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0]})") from None
             return (lambda x: {k: np.asarray(v) for k, v in
                                spec.task_type.serving_outputs(model(x, training=False)).items()},
                     f"Keras {keras.__version__}")
