@@ -3,6 +3,7 @@
 Importable from any test (`from support import ...`); fixtures stay in conftest.py.
 """
 
+import contextlib
 import gzip
 import os
 import struct
@@ -15,6 +16,20 @@ from tf_rnn import mnist_files
 from tf_rnn.arrays import Arrays
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@contextlib.contextmanager
+def op_determinism_restored():
+    """For module-scoped fixtures that train: train_and_evaluate turns op determinism on for the process, and such a
+    fixture is set up before conftest's per-test restore sees the state, so it must undo it itself."""
+    from tensorflow.python.framework import config as tf_config
+
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        if not was_deterministic:
+            tf_config.disable_op_determinism()
 
 
 def synthetic_arrays(n_train=600, n_test=200, seed=0) -> Arrays:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import synthetic_arrays
+from support import op_determinism_restored, synthetic_arrays
 from tf_rnn import config as config_lib
 from tf_rnn import cli, datasets, predict, tasks, train, tune, tune_chief
 from tf_rnn.arrays import Arrays, DataError
@@ -125,17 +125,14 @@ KINDS = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, binary_task):
     """Each kind trained one epoch through `train_and_evaluate`: {kind: (workdir, metrics, test arrays)}."""
-    from tensorflow.python.framework import config as tf_config
-
-    was_deterministic, runs = tf_config.is_op_determinism_enabled(), {}
-    for kind, (overrides, make) in KINDS.items():
-        config = config_lib.resolve(overrides={**TINY, **overrides})
-        arrays = make() if make else _sign_arrays(config)
-        workdir = tmp_path_factory.mktemp(kind)
-        metrics = train.train_and_evaluate(config, workdir, arrays=arrays if make else None)
-        runs[kind] = (workdir, metrics, arrays)
-    if not was_deterministic:  # Set up before conftest's per-test restore: undo it here for the tests after these.
-        tf_config.disable_op_determinism()
+    runs = {}
+    with op_determinism_restored():
+        for kind, (overrides, make) in KINDS.items():
+            config = config_lib.resolve(overrides={**TINY, **overrides})
+            arrays = make() if make else _sign_arrays(config)
+            workdir = tmp_path_factory.mktemp(kind)
+            metrics = train.train_and_evaluate(config, workdir, arrays=arrays if make else None)
+            runs[kind] = (workdir, metrics, arrays)
     return runs
 
 

@@ -55,6 +55,9 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
     <float32>[batch, classes]`, `classes <int64>[batch]`; per-step classification the same with a `steps` axis;
     regression `predictions <float32>[batch, targets]`, in the targets' units.
 
+    tf_rnn's models also get `step(inputs_t <float32>[batch, F], h_0, c_0, …)` → the step's outputs and the new
+    state, and `zero_state(batch_size <int32>[])` → the state before the first step (tf_rnn.streaming).
+
     Args:
       spec: what the model takes and returns (`datasets.load`, or the run's data_spec.json); an image dataset's
         name or None mean a row-wise image classifier.
@@ -87,10 +90,6 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
     def serve_uint8(images):
         return heads(tf.cast(images, tf.float32) / 255.0)
 
-    def step(inputs_t, state):
-        outputs, state = streaming.step(model, inputs_t, state)
-        return {**spec.task_type.serving_outputs(outputs), **state}
-
     archive = keras.export.ExportArchive()
     archive.track(model)
     with generic_kernels(model):
@@ -101,11 +100,10 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
             archive.add_endpoint(
                 "serve_uint8", serve_uint8, [tf.TensorSpec([None, *spec.input_shape], tf.uint8, name="images")]
             )
-        archive.add_endpoint("step", step, [
-            tf.TensorSpec([None, streaming.step_features(model)], tf.float32, name="inputs_t"),
-            streaming.state_specs(model, None)])
-        archive.add_endpoint("zero_state", lambda batch_size: streaming.zero_state(model, batch_size),
-                             [tf.TensorSpec([], tf.int32, name="batch_size")])
+        if streaming.supports(model):  # Any other Keras model still exports, without the step signatures.
+            archive.add_endpoint("step", *streaming.signature(model, spec, None))
+            archive.add_endpoint("zero_state", lambda batch_size: streaming.zero_state(model, batch_size),
+                                 [tf.TensorSpec([], tf.int32, name="batch_size")])
         archive.write_out(str(out_dir), verbose=False)
     write_metadata(out_dir, spec)
     return out_dir

@@ -125,20 +125,14 @@ def signature_functions(model, spec, batch: int, step: bool = True) -> dict:
 
     shape = [batch, *spec.input_shape]
     functions = {"serving_default": tf.function(
-        lambda x: serve(x), input_signature=[tf.TensorSpec(shape, tf.float32, name=spec.input_name)],
-        autograph=False)}
+        serve, input_signature=[tf.TensorSpec(shape, tf.float32, name=spec.input_name)], autograph=False)}
     if spec.image:
         functions["serve_uint8"] = tf.function(
             lambda x: serve(tf.cast(x, tf.float32) / 255.0),
             input_signature=[tf.TensorSpec(shape, tf.uint8, name=spec.input_name)], autograph=False)
-    if step:
-        def step_fn(inputs_t, state):
-            outputs, state = streaming.step(model, inputs_t, state)
-            return {**task.serving_outputs(outputs), **state}
-
-        functions["step"] = tf.function(step_fn, autograph=False, input_signature=[
-            tf.TensorSpec([batch, streaming.step_features(model)], tf.float32, name="inputs_t"),
-            streaming.state_specs(model, batch)])
+    if step and streaming.supports(model):
+        function, signature = streaming.signature(model, spec, batch)
+        functions["step"] = tf.function(function, autograph=False, input_signature=signature)
     return {name: f.get_concrete_function() for name, f in functions.items()}
 
 

@@ -9,6 +9,13 @@ keeps the state between requests, the model keeps none.
 from __future__ import annotations
 
 
+def supports(model) -> bool:
+    """Whether `model` can be stepped: tf_rnn's models (one StackedRNN, then head layers) can."""
+    from tf_rnn.layers import StackedRNN
+
+    return sum(isinstance(layer, StackedRNN) for layer in model.layers) == 1
+
+
 def _rnn(model):
     """The model's StackedRNN (tf_rnn's models have exactly one)."""
     from tf_rnn.layers import StackedRNN
@@ -85,3 +92,16 @@ def _is_lstm(rnn) -> bool:
     import keras
 
     return isinstance(rnn.cell, keras.layers.LSTMCell)
+
+
+def signature(model, spec, batch: int | None):
+    """The `step` signature: `(function, input_signature)`, the function `(inputs_t, state) -> {the task's outputs
+    for the step, and the new state by name}` — one definition for the SavedModel and the .tflite."""
+    import tensorflow as tf
+
+    def serve_step(inputs_t, state):
+        outputs, state = step(model, inputs_t, state)
+        return {**spec.task_type.serving_outputs(outputs), **state}
+
+    return serve_step, [tf.TensorSpec([batch, step_features(model)], tf.float32, name="inputs_t"),
+                        state_specs(model, batch)]
