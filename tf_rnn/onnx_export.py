@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -171,7 +172,7 @@ class Runner:
         import onnxruntime
 
         self.runtime = f"ONNX Runtime {onnxruntime.__version__}"
-        content = open(path_or_bytes, "rb").read() if not isinstance(path_or_bytes, bytes) else path_or_bytes
+        content = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
         self.meta = read_metadata(onnx.load_from_string(content)) or {}
         self.session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
         self.signatures = ["serving_default"]
