@@ -120,6 +120,8 @@ BUGS = [
  ("step signature keeps LastSteps in the head", "tf_rnn/streaming.py", "return [layer for layer in after if not isinstance(layer, LastSteps)]", "return after", "tests/test_deploy.py -k per_step"),
  ("ONNX vanilla RNN left as a GRU", "tf_rnn/onnx_export.py", "        if isinstance(rnn, keras.layers.SimpleRNN):", "        if False:", "tests/test_deploy.py -k every_cell"),
  ("ONNX softsign written as tanh", "tf_rnn/onnx_export.py", 'act = "Softsign" if rnn.cell.activation is keras.activations.softsign else "Tanh"', 'act = "Tanh"', "tests/test_deploy.py -k every_cell"),
+ ("Flex ops pass the built-ins check", "tf_rnn/litert.py", 'if op in FORBIDDEN_OPS or op.startswith("CUSTOM:")}', "if op in FORBIDDEN_OPS}", "tests/test_deploy.py -k op_check"),
+ ("a WHILE passes the built-ins check", "tf_rnn/litert.py", 'FORBIDDEN_OPS = ("WHILE", ', "FORBIDDEN_OPS = (", "tests/test_deploy.py -k op_check"),
  ("predict keeps a padded batch's padding", "tf_rnn/predict.py", "chunks.append({k: v[:len(part)] for k, v in answer(padded).items()})", "chunks.append(answer(padded))", "tests/test_deploy.py -k every_format"),
 ]
 

@@ -34,7 +34,7 @@ def test_every_cell_and_depth_becomes_built_in_ops_and_onnx_recurrent_ops_matchi
     x = np.random.default_rng(0).normal(size=(2, 7, 2)).astype(np.float32)
     tflite = litert.convert(model, spec, batch=2)
     ops = litert.op_names(tflite)["serving_default"]
-    assert not set(litert.FORBIDDEN_OPS) & set(ops), ops
+    assert not litert.disallowed(ops), ops
     # The fused op computes tanh only: a softsign LSTM is unrolled like the GRU and vanilla layers.
     fused = layers if cell == "lstm" and activation == "tanh" else 0
     assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == fused, ops
@@ -300,3 +300,23 @@ def test_predict_names_the_extra_a_tflite_needs_and_refuses_a_broken_keras_file(
         predict.main([str(tmp_path / "model.keras"), str(tmp_path / "image.npy")])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "cannot be loaded as a Keras model" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("batch, flex", [(None, True), (2, False)])
+def test_the_op_check_names_the_flex_ops_and_the_while_of_keras_own_lstm_graph(batch, flex):
+    """Keras 3's own LSTM graph, converted as upstream converts it: with Flex allowed it holds Flex TensorList ops
+    and a WHILE; at a fixed batch, built-ins only, a WHILE. The check every export test relies on must name them."""
+    import tensorflow as tf
+
+    inputs = keras.Input((5, 3))
+    model = keras.Model(inputs, keras.layers.LSTM(4)(inputs))
+    holder = tf.Module()
+    holder.variables_ = [w.value for w in model.weights]
+    function = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([batch, 5, 3], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], holder)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                           *([tf.lite.OpsSet.SELECT_TF_OPS] if flex else [])]
+    ops, = litert.op_names(converter.convert()).values()
+    bad = litert.disallowed(ops)
+    assert "WHILE" in bad and "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops
+    assert any(op.startswith("CUSTOM:Flex") for op in bad) == flex, bad

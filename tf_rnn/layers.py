@@ -15,8 +15,9 @@ ACTIVATIONS = ("tanh", "softsign")
 
 _warned_softsign = False
 
-# How an export writes each recurrent layer for a runtime that cannot run Keras' own graph (tf_rnn.litert): a
-# function `(keras RNN layer, x) -> y`, or None for Keras' layers.
+# How an export writes each recurrent layer for a runtime that cannot take Keras' own graph (tf_rnn.litert: the
+# fused LSTM's annotated function; tf_rnn.onnx_export: ops tf2onnx's rewriters match): a function
+# `(keras RNN layer, x) -> y`, or None for Keras' layers.
 _LAYER_WRITER = contextvars.ContextVar("tf_rnn_layer_writer", default=None)
 
 

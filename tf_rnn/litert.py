@@ -32,8 +32,9 @@ from tf_rnn.cli import RunError, native_stderr_silenced
 
 QUANTIZATIONS = ("float16", "dynamic", "int8")
 METADATA_NAME = "tf_rnn"  # The .tflite's metadata entry holding the export's tf_rnn.json (what tf_rnn.predict reads).
-# What a file of built-ins only must not hold: the loop and resource ops Keras 3's LSTM converts to, and Flex ops.
-FORBIDDEN_OPS = ("WHILE", "READ_VARIABLE", "VAR_HANDLE", "ASSIGN_VARIABLE", "CALL_ONCE", "CUSTOM")
+# What a file of built-ins only must not hold: the loop and resource ops Keras 3's LSTM converts to; and any custom
+# op (`op_names` writes them `CUSTOM:<code>`: Flex ops, which need TensorFlow inside the app, are custom ops).
+FORBIDDEN_OPS = ("WHILE", "READ_VARIABLE", "VAR_HANDLE", "ASSIGN_VARIABLE", "CALL_ONCE")
 
 
 def _fused_lstm_function():
@@ -230,7 +231,7 @@ def op_names(tflite: bytes) -> dict[str, list[str]]:
     def op_name(op):
         code = model.OperatorCodes(op.OpcodeIndex())
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        return code.CustomCode().decode() if builtin == schema.BuiltinOperator.CUSTOM else names[builtin]
+        return f"CUSTOM:{code.CustomCode().decode()}" if builtin == schema.BuiltinOperator.CUSTOM else names[builtin]
 
     result = {}
     for i in range(model.SignatureDefsLength()):
@@ -239,6 +240,12 @@ def op_names(tflite: bytes) -> dict[str, list[str]]:
         result[signature.SignatureKey().decode()] = sorted(op_name(graph.Operators(k))
                                                            for k in range(graph.OperatorsLength()))
     return result
+
+
+def disallowed(ops) -> list[str]:
+    """The ops of `ops` (from `op_names`) that a file of built-ins only must not hold: loops, resource variables,
+    custom and Flex ops."""
+    return sorted({op for op in ops if op in FORBIDDEN_OPS or op.startswith("CUSTOM:")})
 
 
 class Runner:
