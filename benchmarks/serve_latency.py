@@ -12,7 +12,6 @@ every CPU. p50/p99 over `--requests` after 20 warm-up requests; file size of wha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -47,14 +46,14 @@ def main(argv=None) -> int:
     from benchmarks.machine import cpu_name, write_result
     from tf_rnn import export, litert
     from tf_rnn.config import resolve
-    from tf_rnn.datasets import DataSpec, image_spec
+    from tf_rnn.datasets import image_spec
     from tf_rnn.models import build_model
 
     tf_rnn.register_keras_objects()
     if args.run_dir:
         run = Path(args.run_dir)
         model = keras.saving.load_model(run / "model.keras")
-        spec = DataSpec.from_dict(json.loads((run / "data_spec.json").read_text()))
+        spec = export.read_spec(run, None)
         calibration = export.representative_inputs(run, spec)
     else:
         model, spec = build_model(resolve("seed")), image_spec(None)

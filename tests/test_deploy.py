@@ -1,7 +1,6 @@
 """Deployment: every cell and depth in LiteRT and ONNX, the export and predict CLIs on every format, a fixed LiteRT
 batch, quantized files, bad input to each runtime. (Every task and dataset kind: tests/test_contracts.py.)"""
 
-import json
 import shutil
 
 import keras
@@ -93,7 +92,7 @@ def test_export_writes_every_format_and_predict_answers_the_same_from_each(addin
 
 
 def test_a_tflite_alone_carries_what_predict_needs(adding_run, tmp_path, capsys):
-    export.export_litert(keras.saving.load_model(adding_run / "model.keras"), tmp_path / "e", _spec(adding_run))
+    export.export_litert(keras.saving.load_model(adding_run / "model.keras"), tmp_path / "e", export.read_spec(adding_run, None))
     lonely = tmp_path / "elsewhere" / "m.tflite"
     lonely.parent.mkdir()
     shutil.copy(tmp_path / "e" / "model.tflite", lonely)
@@ -102,12 +101,8 @@ def test_a_tflite_alone_carries_what_predict_needs(adding_run, tmp_path, capsys)
     assert capsys.readouterr().out.count("\n") == 1
 
 
-def _spec(workdir):
-    return datasets.DataSpec.from_dict(json.loads((workdir / "data_spec.json").read_text()))
-
-
 def test_int8_is_integer_throughout_and_close_to_float(adding_run, tmp_path):
-    spec = _spec(adding_run)
+    spec = export.read_spec(adding_run, None)
     model = keras.saving.load_model(adding_run / "model.keras")
     sample = export.representative_inputs(adding_run, spec)
     assert sample.shape == (256, 7, 2) and sample.dtype == np.float32
@@ -242,7 +237,7 @@ def test_a_process_without_tensorflow_serves_the_tflite_and_onnx_as_the_readme_s
     import sys
 
     model = keras.saving.load_model(adding_run / "model.keras")
-    spec = _spec(adding_run)
+    spec = export.read_spec(adding_run, None)
     tflite, = export.export_litert(model, tmp_path, spec)
     onnx_file = export.export_onnx(model, tmp_path, spec)
     x = np.random.default_rng(4).random((4, 7, 2)).astype(np.float32)

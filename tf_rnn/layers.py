@@ -149,10 +149,9 @@ class StackedRNN(keras.layers.Layer):
     def call(self, inputs, training=None):
         x, writer = inputs, _LAYER_WRITER.get()
         for rnn, drop in zip(self.rnns, self.dropouts):
-            op = self._fused_op(rnn, x, training)
             if writer:
                 x = writer(rnn, x)
-            elif op:
+            elif op := self._fused_op(rnn, x, training):
                 x = op(x, rnn.cell.kernel, rnn.cell.recurrent_kernel, rnn.cell.bias, rnn.return_sequences)
             else:
                 x = rnn(x, training=training)

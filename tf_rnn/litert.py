@@ -106,12 +106,12 @@ def write_layer(rnn, x):
     return fused_lstm(rnn, x) if fusable(rnn) else unrolled(rnn, x)
 
 
-def signature_functions(model, spec, batch: int, step: bool = True) -> dict:
+def signature_functions(model, spec, batch: int, names=None) -> dict:
     """The file's signatures as concrete functions at a fixed `batch`, named and shaped as the SavedModel's.
 
     `serving_default`: `<float32>[batch, T, F]` (`images` or `sequences`) → the task's outputs; images also
-    `serve_uint8` (`<uint8>[batch, 28, 28]`); with `step`, `step(inputs_t <float32>[batch, F], h_0, c_0, …)` →
-    the task's outputs for that step and the new state (tf_rnn.streaming).
+    `serve_uint8` (`<uint8>[batch, 28, 28]`); tf_rnn's models also `step(inputs_t <float32>[batch, F], h_0, c_0,
+    …)` → the task's outputs for that step and the new state (tf_rnn.streaming). `names`: only these (default all).
     """
     import tensorflow as tf
 
@@ -131,10 +131,11 @@ def signature_functions(model, spec, batch: int, step: bool = True) -> dict:
         functions["serve_uint8"] = tf.function(
             lambda x: serve(tf.cast(x, tf.float32) / 255.0),
             input_signature=[tf.TensorSpec(shape, tf.uint8, name=spec.input_name)], autograph=False)
-    if step and streaming.supports(model):
+    if streaming.supports(model):
         function, signature = streaming.signature(model, spec, batch)
         functions["step"] = tf.function(function, autograph=False, input_signature=signature)
-    return {name: f.get_concrete_function() for name, f in functions.items()}
+    # Traced only when kept (get_concrete_function traces): an unrolled 784-step signature takes a minute.
+    return {name: f.get_concrete_function() for name, f in functions.items() if names is None or name in names}
 
 
 def convert(model, spec, batch: int = 1, quantize: str | None = None, representative=None,
@@ -155,9 +156,8 @@ def convert(model, spec, batch: int = 1, quantize: str | None = None, representa
     """
     import tensorflow as tf
 
-    keep = signatures or (("serving_default",) if quantize == "int8" else None)
-    functions = signature_functions(model, spec, batch, step=keep is None or "step" in keep)
-    functions = {name: f for name, f in functions.items() if keep is None or name in keep}
+    functions = signature_functions(model, spec, batch,
+                                    signatures or (("serving_default",) if quantize == "int8" else None))
     holder = tf.Module()
     holder.variables_ = [w.value for w in model.weights]
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,6 +242,32 @@ def op_names(tflite: bytes) -> dict[str, list[str]]:
     return result
 
 
+def check_inputs(signature: str, inputs: dict, expected: dict, kind: str) -> None:
+    """The one-line refusal both runners give before a runtime sees a wrong input.
+
+    Args:
+      expected: `{name: (shape, dtype)}`; a None dimension takes any size (ONNX's batch). A fixed batch that is the
+        only mismatch gets the hint to export at another.
+      kind: the file's suffix for the message, `.tflite` or `.onnx`.
+
+    Raises:
+      RunError: another set of input names, a wrong shape or a wrong dtype.
+    """
+    if set(inputs) != set(expected):
+        raise RunError(f"{signature}: inputs {sorted(inputs)}; this {kind} takes {sorted(expected)}")
+    for name, value in inputs.items():
+        shape, dtype = expected[name]
+        value = np.asarray(value)
+        if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+            fixed_batch = shape[0] is not None and value.shape[1:] == shape[1:]
+            hint = f" (exported at batch {shape[0]}: export with --batch {value.shape[0]} for another)" \
+                if fixed_batch else ""
+            takes = ["batch" if s is None else s for s in shape]
+            raise RunError(f"{signature}: {name} is {list(value.shape)}; this {kind} takes {takes}{hint}")
+        if value.dtype != dtype:
+            raise RunError(f"{signature}: {name} is {value.dtype}; this {kind} takes {dtype}")
+
+
 def disallowed(ops) -> list[str]:
     """The ops of `ops` (from `op_names`) that a file of built-ins only must not hold: loops, resource variables,
     custom and Flex ops."""
@@ -267,35 +293,23 @@ class Runner:
             self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
             self._runners = {name: self.interpreter.get_signature_runner(name)
                              for name in self.interpreter.get_signature_list()}
+            # `{signature: {input: (shape, dtype)}}`, read once: every request is checked against it.
+            self._inputs = {name: {k: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"]))
+                                   for k, v in runner.get_input_details().items()}
+                            for name, runner in self._runners.items()}
             # Resetting the variables (below, per request) needs every signature's tensors allocated, and LiteRT
             # allocates them at a signature's first call (`allocate_tensors()` does the first signature only).
             for name, runner in self._runners.items():
-                runner(**{k: np.zeros(shape, dtype) for k, (shape, dtype) in self.inputs(name).items()})
-
-    @property
-    def signatures(self) -> list[str]:
-        return list(self._runners)
+                runner(**{k: np.zeros(shape, dtype) for k, (shape, dtype) in self._inputs[name].items()})
 
     def inputs(self, signature: str = "serving_default") -> dict:
         """`{name: (shape, dtype)}` the signature takes."""
-        details = self._runners[signature].get_input_details()
-        return {name: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"])) for name, v in details.items()}
+        return self._inputs[signature]
 
     def __call__(self, signature: str = "serving_default", **inputs) -> dict:
-        if signature not in self.signatures:
-            raise RunError(f"signature {signature!r}: this .tflite has {', '.join(self.signatures)}")
-        expected = self.inputs(signature)
-        if set(inputs) != set(expected):
-            raise RunError(f"{signature}: inputs {sorted(inputs)}; this .tflite takes {sorted(expected)}")
-        for name, value in inputs.items():
-            shape, dtype = expected[name]
-            value = np.asarray(value)
-            if value.shape != shape:
-                hint = (f" (exported at batch {shape[0]}: export with --batch {value.shape[0]} for another)"
-                        if value.shape[1:] == shape[1:] else "")
-                raise RunError(f"{signature}: {name} is {list(value.shape)}; this .tflite takes {list(shape)}{hint}")
-            if value.dtype != dtype:
-                raise RunError(f"{signature}: {name} is {value.dtype}; this .tflite takes {dtype}")
+        if signature not in self._runners:
+            raise RunError(f"signature {signature!r}: this .tflite has {', '.join(self._runners)}")
+        check_inputs(signature, inputs, self._inputs[signature], ".tflite")
         runner = self._runners[signature]
         # The fused LSTM keeps its state in variable tensors that outlive an invoke: zero them for every request.
         self.interpreter.reset_all_variables()

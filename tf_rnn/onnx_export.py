@@ -165,7 +165,7 @@ def read_metadata(proto) -> dict | None:
 
 
 class Runner:
-    """An .onnx in ONNX Runtime (no TensorFlow), with the same input checks as the LiteRT runner."""
+    """An .onnx in ONNX Runtime (no TensorFlow), with the LiteRT runner's input checks (`litert.check_inputs`)."""
 
     def __init__(self, path_or_bytes):
         import onnx
@@ -175,26 +175,19 @@ class Runner:
         content = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
         self.meta = read_metadata(onnx.load_from_string(content)) or {}
         self.session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
-        self.signatures = ["serving_default"]
+        # `{input: (shape, dtype)}`, None for the dynamic batch; the file's one signature is serving_default.
+        self._inputs = {i.name: (tuple(d if isinstance(d, int) else None for d in i.shape), np.dtype(np.float32))
+                        for i in self.session.get_inputs()}
+        self._outputs = [o.name for o in self.session.get_outputs()]
 
     def inputs(self, signature: str = "serving_default") -> dict:
-        return {i.name: (tuple(d if isinstance(d, int) else None for d in i.shape), np.dtype(np.float32))
-                for i in self.session.get_inputs()}
+        return self._inputs
 
     def __call__(self, signature: str = "serving_default", **inputs) -> dict:
         from tf_rnn.cli import RunError
+        from tf_rnn.litert import check_inputs
 
-        expected = self.inputs(signature)
-        if signature != "serving_default" or set(inputs) != set(expected):
-            raise RunError(f"{signature}({', '.join(sorted(inputs))}): this .onnx takes serving_default("
-                           f"{', '.join(sorted(expected))})")
-        for name, value in inputs.items():
-            shape, dtype = expected[name]
-            value = np.asarray(value)
-            if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
-                raise RunError(f"{name} is {list(value.shape)}; this .onnx takes "
-                               f"{['batch' if s is None else s for s in shape]}")
-            if value.dtype != dtype:
-                raise RunError(f"{name} is {value.dtype}; this .onnx takes {dtype}")
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, inputs)))
+        if signature != "serving_default":
+            raise RunError(f"signature {signature!r}: this .onnx has serving_default")
+        check_inputs(signature, inputs, self._inputs, ".onnx")
+        return dict(zip(self._outputs, self.session.run(self._outputs, inputs)))

@@ -121,7 +121,9 @@ def read_sequences(path: Path, spec: DataSpec) -> np.ndarray:
 
 
 def open_model(path: Path):
-    """An export or a .keras: `(spec, load)`, the spec read first (cheap) so that inputs are checked before loading.
+    """An export or a .keras: `(spec, load)`, the spec read first so that inputs are checked before TensorFlow or
+    Keras load a model (a .tflite's or .onnx's runtime opens at once: the file holds the spec, and it starts in
+    milliseconds).
 
     `load()` returns `(answer, runtime)`: `answer(<float32>[N, T, F]) -> {output: [N, ...]}` runs `serving_default`
     (a .tflite in batches of the size it was exported at, the last one padded); `runtime` names what answers,

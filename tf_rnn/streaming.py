@@ -36,21 +36,26 @@ def head_layers(model) -> list:
     return [layer for layer in after if not isinstance(layer, LastSteps)]
 
 
+def _layers(model) -> list:
+    """`[(recurrent layer, its state names)]` in order: per layer its output state `h_i`, and for LSTM its cell
+    state `c_i`."""
+    import keras
+
+    return [(r, [f"h_{i}", f"c_{i}"] if isinstance(r.cell, keras.layers.LSTMCell) else [f"h_{i}"])
+            for i, r in enumerate(_rnn(model).rnns)]
+
+
 def state_names(model) -> list[str]:
-    """`h_0`, `c_0`, `h_1`, …: per layer its output state `h`, and for LSTM its cell state `c`."""
-    names = []
-    for i, r in enumerate(_rnn(model).rnns):
-        names += [f"h_{i}", f"c_{i}"] if _is_lstm(r) else [f"h_{i}"]
-    return names
+    """`h_0`, `c_0`, `h_1`, …: every state tensor's name, in order."""
+    return [name for _, names in _layers(model) for name in names]
 
 
 def state_specs(model, batch: int | None) -> dict:
     """`{name: TensorSpec <float32>[batch, units]}` for every state tensor, in `state_names` order."""
     import tensorflow as tf
 
-    rnn = _rnn(model)
-    units = [r.cell.units for r in rnn.rnns for _ in range(2 if _is_lstm(r) else 1)]
-    return {name: tf.TensorSpec([batch, n], tf.float32, name=name) for name, n in zip(state_names(model), units)}
+    return {name: tf.TensorSpec([batch, r.cell.units], tf.float32, name=name)
+            for r, names in _layers(model) for name in names}
 
 
 def step_features(model) -> int:
@@ -78,20 +83,13 @@ def step(model, inputs_t, state: dict):
       passes it through `tasks.Task.serving_outputs`) and the new state under the same names.
     """
     x, new_state = inputs_t, {}
-    for i, r in enumerate(_rnn(model).rnns):
-        names = [f"h_{i}", f"c_{i}"] if _is_lstm(r) else [f"h_{i}"]
+    for r, names in _layers(model):
         given = [state[n] for n in names]
         x, s = r.cell(x, given if len(given) > 1 else given[0], training=False)
         new_state.update(zip(names, s if isinstance(s, (list, tuple)) else [s]))
     for layer in head_layers(model):
         x = layer(x, training=False)
     return x, new_state
-
-
-def _is_lstm(rnn) -> bool:
-    import keras
-
-    return isinstance(rnn.cell, keras.layers.LSTMCell)
 
 
 def signature(model, spec, batch: int | None):
