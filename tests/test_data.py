@@ -187,6 +187,23 @@ def test_a_stream_started_at_epoch_e_is_the_uninterrupted_streams_epoch_e(tiny):
     assert not np.array_equal(resumed[0], whole[0])
 
 
+def test_the_epoch_by_epoch_form_holds_the_streams_epochs(tiny):
+    """fit reads whole-epoch runs one dataset per epoch (pipeline.training_epochs): each new iterator must hold the
+    stream's batches of the epoch its variable names — images, flips and labels — and nothing more."""
+    (x, y), _ = pipeline.split_validation(tiny.x_train, tiny.y_train, 0.0, seed=3)
+    batches_per_epoch = -(-len(x) // 100)
+    stream = list(pipeline.training_stream(x, y, 100, seed=3, hflip=True).take(3 * batches_per_epoch))
+    epochs, epoch = pipeline.training_epochs(x, y, 100, seed=3, hflip=True)
+    assert epochs.cardinality().numpy() == batches_per_epoch
+    for e in (2, 0, 1):  # Any order: a resumed run starts at its first unfinished epoch.
+        epoch.assign(e)
+        got = list(epochs)
+        assert len(got) == batches_per_epoch
+        for (gx, gy), (wx, wy) in zip(got, stream[e * batches_per_epoch:(e + 1) * batches_per_epoch]):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+
+
 def test_real_fashion_mnist_loads_and_verifies(fashion_dir, isolated_data_env, monkeypatch):
     monkeypatch.setattr(mnist_files, "COUNTS", {"train": 60_000, "test": 10_000})
     arrays = datasets.load_images("fashion_mnist", data_dir=fashion_dir, download=False)

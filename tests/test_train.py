@@ -219,10 +219,12 @@ class PoisonWeights(keras.callbacks.Callback):
             kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
 
-@pytest.mark.parametrize("per_call, where", [(1, "at step 5"), (10, "in steps 6-10")])  # 10 runs as 5 (15 steps).
-def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys, per_call, where):
+# 15 steps per epoch: 10 per execution runs executions of 10 and 5 steps; 7 runs as 5 when --steps ends mid-epoch.
+@pytest.mark.parametrize("per_call, steps, where", [(1, None, "at step 5"), (10, None, "in steps 11-15"),
+                                                    (7, 40, "in steps 6-10")])
+def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys, per_call, steps, where):
     with pytest.raises(train.RunError, match=rf"loss became NaN {where}; lower --lr \(now 0.01\)") as e:
-        run(tmp_path, epochs=3, callbacks=[PoisonWeights()], steps_per_execution=per_call)
+        run(tmp_path, epochs=3, steps=steps, callbacks=[PoisonWeights()], steps_per_execution=per_call)
     assert "\n" not in str(e.value)
     # In epoch 1 no epoch had finished: the message must not point at a model that holds the NaN weights.
     assert "no epoch finished with a finite loss, so no model was saved" in str(e.value)
@@ -285,18 +287,34 @@ def test_steps_per_execution_changes_speed_not_bits(tmp_path, capsys):
     one = run(tmp_path, "one", steps=38, steps_per_execution=1, **DEFAULT_LIKE)
     capsys.readouterr()
     five = run(tmp_path, "five", steps=38, steps_per_execution=7, **DEFAULT_LIKE)
-    assert "--steps-per-execution 7 runs as 5: it must divide the 15 steps of an epoch" in capsys.readouterr().out
+    assert ("--steps-per-execution 7 runs as 5: it must divide the 15 steps of an epoch when --steps 38 ends the run "
+            "mid-epoch") in capsys.readouterr().out
     assert (one["steps_per_execution"], five["steps_per_execution"]) == (1, 5)
     assert one["steps"] == five["steps"] == 38  # Not 40: the stream ends at the budget.
     assert five["weights_sha256"] == one["weights_sha256"] and five["history"] == one["history"]
     assert five["train_samples_per_second"] >= 38 * 32 / five["train_seconds"]  # Steady state >= the average.
 
 
+def test_whole_epochs_run_any_steps_per_execution_with_the_same_bits(tmp_path, capsys):
+    # 15 steps per epoch, 7 per execution: executions of 7, 7 and 1 in each epoch (pipeline.training_epochs).
+    constant = {**DEFAULT_LIKE, "lr_schedule": "constant"}  # The same rate at every step whatever the budget.
+    one = run(tmp_path, "one", epochs=2, steps_per_execution=1, **constant)
+    seven = run(tmp_path, "seven", epochs=2, steps_per_execution=7, **constant)
+    assert "runs as" not in capsys.readouterr().out
+    assert (one["steps_per_execution"], seven["steps_per_execution"]) == (1, 7) and seven["steps"] == 30
+    assert seven["weights_sha256"] == one["weights_sha256"] and seven["history"] == one["history"]
+    # A budget ending mid-epoch reads the endless stream instead: its first two epochs are the same, bit for bit.
+    stream = run(tmp_path, "stream", epochs=3, steps=44, steps_per_execution=1, **constant)
+    assert stream["steps"] == 44 and {k: v[:2] for k, v in stream["history"].items()} == one["history"]
+
+
 def test_a_run_resumes_under_another_steps_per_execution(tmp_path, capsys):
+    straight = run(tmp_path, "straight", steps_per_execution=1)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "run", callbacks=[KillAtStep(20)], steps_per_execution=1)  # Mid epoch 2.
-    resumed = run(tmp_path, "run", steps_per_execution=5)
+    resumed = run(tmp_path, "run", steps_per_execution=4)  # Executions of 4, 4, 4 and 3 steps in each epoch.
     assert "Resuming from epoch 1" in capsys.readouterr().out and resumed["steps"] == 45
+    assert resumed["steps_per_execution"] == 4 and resumed["weights_sha256"] == straight["weights_sha256"]
 
 
 def test_metrics_record_the_strategy_that_ran_epoch_times_and_the_schedule_per_epoch(tmp_path):

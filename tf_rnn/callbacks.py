@@ -128,6 +128,18 @@ class EpochSeeds(keras.callbacks.Callback):
             generator.state.assign(np.array([value, 0], generator.state.dtype))
 
 
+class DataEpoch(keras.callbacks.Callback):
+    """Sets the epoch whose batches `pipeline.training_epochs`' next iterator yields, at each epoch's start (before
+    `fit` opens that iterator): epoch numbers count from the run's start, resumed runs included."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
+
+
 class StepBudget(keras.callbacks.Callback):
     """Stops after `max_steps` optimizer steps in total (counted by the optimizer, so it survives a resume)."""
 

@@ -92,8 +92,9 @@ class TrainConfig(JobConfig):
     seed: int = flag_field(0, "random seed: the same command twice gives the same metrics on a CPU")
     strategy: str = flag_field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
     steps_per_execution: int = flag_field(
-        10, "training steps per call into TensorFlow: fewer Python round trips, the same weights; lowered to the "
-        "largest divisor of an epoch's steps; 1 with several replicas"
+        10, "training steps per call into TensorFlow: fewer Python round trips, the same weights; an epoch's last "
+        "call runs the steps left (lowered to a divisor of an epoch's steps when --steps ends a run mid-epoch); 1 "
+        "with several replicas"
     )
 
     def __post_init__(self):

@@ -11,7 +11,7 @@ from tf_rnn.arrays import Arrays
 
 class Splits(NamedTuple):
     """Batched `tf.data.Dataset`s of `(<float32>[batch, T, F], targets)` (uint8 images scaled to [0, 1]); `train`
-    is endless."""
+    is endless; `train_epochs` holds the same epochs one per iteration, epoch `train_epoch` (training_epochs)."""
 
     train: object
     validation: object | None
@@ -19,6 +19,8 @@ class Splits(NamedTuple):
     train_examples: int
     validation_examples: int
     test_examples: int
+    train_epochs: object = None
+    train_epoch: object = None
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
@@ -61,19 +63,9 @@ def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int):
     return _untuned(ds.map(_to_float, num_parallel_calls=PARALLEL_BATCHES).prefetch(PARALLEL_BATCHES))
 
 
-def training_stream(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int = 0, hflip: bool = False
-):
-    """An endless stream of shuffled epochs, epoch `e` shuffled with seed `(seed, e)`, starting at `first_epoch`.
-
-    Each epoch's order depends only on (seed, epoch), not on how many epochs this process has already run: a run
-    resumed at epoch 3 sees exactly the batches an uninterrupted run would. Use with `fit(steps_per_epoch=...)`.
-    Epochs are batched separately, so the last, short batch of an epoch never mixes with the next epoch.
-
-    Args:
-      hflip: mirror a random half of the images left-right (again a pure function of seed and epoch). Right for
-        clothes, wrong for digits.
-    """
+def _epochs(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, hflip: bool):
+    """`(one_epoch, gather)`: epoch `e`'s batches of indices and flips, and a batch of them → `(images, labels)`.
+    Both forms of the training data below are made of these, so they hold the same batches."""
     import tensorflow as tf
 
     images, labels, n = tf.constant(x), tf.constant(y), len(x)
@@ -90,8 +82,49 @@ def training_stream(
             batch = tf.where(flip[:, None, None], tf.reverse(batch, axis=[2]), batch)
         return batch, tf.gather(labels, idx)
 
-    stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).map(gather)
-    return _untuned(stream.map(_to_float, num_parallel_calls=PARALLEL_BATCHES).prefetch(PARALLEL_BATCHES))
+    return one_epoch, gather
+
+
+def _ready(ds):
+    return _untuned(ds.map(_to_float, num_parallel_calls=PARALLEL_BATCHES).prefetch(PARALLEL_BATCHES))
+
+
+def training_stream(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int = 0, hflip: bool = False
+):
+    """An endless stream of shuffled epochs, epoch `e` shuffled with seed `(seed, e)`, starting at `first_epoch`.
+
+    Each epoch's order depends only on (seed, epoch), not on how many epochs this process has already run: a run
+    resumed at epoch 3 sees exactly the batches an uninterrupted run would. Use with `fit(steps_per_epoch=...)`.
+    Epochs are batched separately, so the last, short batch of an epoch never mixes with the next epoch.
+
+    Args:
+      hflip: mirror a random half of the images left-right (again a pure function of seed and epoch). Right for
+        clothes, wrong for digits.
+    """
+    import tensorflow as tf
+
+    one_epoch, gather = _epochs(x, y, batch_size, seed, hflip)
+    return _ready(tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).map(gather))
+
+
+def training_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, hflip: bool = False):
+    """The epochs of `training_stream`, one per iteration: `(dataset, epoch)`, where each new iterator of `dataset`
+    yields the batches of epoch `epoch` (a `tf.Variable`, int64) — set it before each epoch (callbacks.DataEpoch).
+
+    Why a second form: Keras' multi-step train function ends an execution early when its iterator runs dry, and
+    `fit` without `steps_per_epoch` starts a new iterator each epoch. So an epoch's last execution runs only the
+    steps left, and any `steps_per_execution` keeps epochs exact. On the endless stream an execution straddling an
+    epoch's end would train on the next epoch's batches: there, steps per execution must divide an epoch.
+    """
+    import tensorflow as tf
+
+    one_epoch, gather = _epochs(x, y, batch_size, seed, hflip)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+    ds = tf.data.Dataset.range(1).flat_map(lambda _: one_epoch(epoch.read_value())).map(gather)
+    # Every epoch has this many batches; declared, so that Keras counts an epoch's steps (and its progress bar).
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
+    return _ready(ds), epoch
 
 
 def make_splits(
@@ -99,6 +132,7 @@ def make_splits(
 ) -> Splits:
     """Train (endless, shuffled per epoch), validation and test pipelines; the test one keeps every image."""
     (x_tr, y_tr), (x_val, y_val) = split_validation(arrays.x_train, arrays.y_train, validation_split, seed)
+    train_epochs, train_epoch = training_epochs(x_tr, y_tr, batch_size, seed, hflip)
     return Splits(
         train=training_stream(x_tr, y_tr, batch_size, seed, first_epoch, hflip),
         validation=pipeline(x_val, y_val, batch_size) if len(x_val) else None,
@@ -106,4 +140,6 @@ def make_splits(
         train_examples=len(x_tr),
         validation_examples=len(x_val),
         test_examples=len(arrays.x_test),
+        train_epochs=train_epochs,
+        train_epoch=train_epoch,
     )

@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # Keras loads TensorFlow: the CLI imports it only after parsi
 
 
 def execution_steps(requested: int, steps_per_epoch: int) -> int:
-    """The largest divisor of `steps_per_epoch` that is at most `requested`.
+    """The largest divisor of `steps_per_epoch` that is at most `requested`: the steps per execution of a run whose
+    `--steps` budget ends mid-epoch, which reads the endless stream (whole epochs read one dataset each, see prepare).
 
     Keras runs whole executions (`range(0, steps_per_epoch, steps_per_execution)`, each up to that many steps while
     data lasts), and our stream is endless: an execution straddling an epoch's end would train on the next
@@ -73,6 +74,7 @@ class Run:
     resumed_from: int | None  # Finished epochs in the backup, or None for a fresh run.
     per_call: int  # Optimizer steps per call of Keras' train function.
     custom_loop: bool  # Multi-worker: tf_rnn's own loop instead of Keras' fit (distribute.needs_custom_loop).
+    by_epoch: bool  # fit reads splits.train_epochs, one dataset per epoch (else the endless splits.train).
 
 
 def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, strategy=None) -> Run:
@@ -96,6 +98,8 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
         print(f"Loaded {config.dataset} from {arrays.source}")
     else:
         arrays, spec = datasets_lib.validate(config, arrays, "arrays=", entry)
+    # The kernel built (announced) and a bad $TF_RNN_KERNEL_ISA refused before the workdir exists.
+    fused.prepare(config)
     if chief:  # After the data loaded: a run that could not start leaves no workdir behind.
         workdir_lib.prepare(config, workdir)
         write_json(workdir / DATA_SPEC_FILE, spec.to_dict())
@@ -113,27 +117,33 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
     if config.steps:
         total_steps = min(total_steps, config.steps)
     custom_loop = needs_custom_loop(strategy)
+    # Whole epochs through Keras' fit: one finite dataset per epoch (pipeline.training_epochs), whose last execution
+    # stops where the epoch does, so any number of steps per execution keeps epochs exact.
+    by_epoch = not custom_loop and replicas == 1 and total_steps % steps_per_epoch == 0
     if custom_loop or replicas > 1:
         # Our multi-worker loop steps once per call, and Keras' multi-step loop fails under MirroredStrategy with
         # several replicas ("You must feed a value for placeholder tensor", keras-team/keras#19246, open).
         per_call, why = 1, f"{strategy_name(strategy)} with {replicas} replica(s) runs one step per call"
-    else:
+    elif by_epoch:
+        per_call = min(config.steps_per_execution, steps_per_epoch)
+        why = f"an epoch has {cli.plural(steps_per_epoch, 'step')}"
+    else:  # The budget ends mid-epoch: the endless stream, cut at the budget (see fit).
         per_call = execution_steps(config.steps_per_execution, steps_per_epoch)
-        why = f"it must divide the {steps_per_epoch} steps of an epoch"
+        why = (f"it must divide the {steps_per_epoch} steps of an epoch when --steps {config.steps} ends the run "
+               "mid-epoch")
     # Said only of a value the user chose: the default adapting to the epoch is no news.
     if per_call != config.steps_per_execution and config.steps_per_execution != TrainConfig.steps_per_execution:
         print(f"--steps-per-execution {config.steps_per_execution} runs as {per_call}: {why}")
     return Run(config, workdir, strategy, chief, spec, splits, global_batch, steps_per_epoch, total_steps,
                epochs=math.ceil(total_steps / steps_per_epoch), resumed_from=resumed_from, per_call=per_call,
-               custom_loop=custom_loop)
+               custom_loop=custom_loop, by_epoch=by_epoch)
 
 
 def build(run: Run):
-    """The compiled model (the kernel built first, announced, not inside the first step) and the run header."""
+    """The compiled model and the run header (the kernel was built in prepare, announced, not in the first step)."""
     from tf_rnn.models import build_model
     from tf_rnn.summaries import write_run_header
 
-    fused.prepare(run.config)
     with run.strategy.scope():
         model = build_model(run.config, decay_steps=run.total_steps, spec=run.spec, steps_per_execution=run.per_call)
     if run.resumed_from is not None:
@@ -158,7 +168,7 @@ def fit(run: Run, model, extra_callbacks=()) -> Fitted:
     """
     import keras
 
-    from tf_rnn.callbacks import EpochSeeds, NaNGuard, Progress, RunState, StepBudget, Throughput
+    from tf_rnn.callbacks import DataEpoch, EpochSeeds, NaNGuard, Progress, RunState, StepBudget, Throughput
     from tf_rnn.distribute import fit_custom_loop
 
     config, workdir = run.config, run.workdir
@@ -186,8 +196,13 @@ def fit(run: Run, model, extra_callbacks=()) -> Fitted:
           if run.chief else []),
         *extra_callbacks,
     ]
-    # The stream ends where the budget does, so Keras cuts the last execution short instead of overrunning it.
-    train_ds = run.splits.train.take(remaining_steps(run.total_steps, run.resumed_from, run.steps_per_epoch))
+    if run.by_epoch:  # Each epoch a dataset of its own, its epoch set by DataEpoch; Keras counts its batches.
+        train_ds, steps_per_epoch = run.splits.train_epochs, None
+        callbacks.insert(0, DataEpoch(run.splits.train_epoch))
+    else:
+        # The stream ends where the budget does, so Keras cuts the last execution short instead of overrunning it.
+        train_ds = run.splits.train.take(remaining_steps(run.total_steps, run.resumed_from, run.steps_per_epoch))
+        steps_per_epoch = run.steps_per_epoch
     # A progress bar rewrites its line with control characters: right for a terminal, noise in a log file or CI.
     verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
@@ -199,7 +214,7 @@ def fit(run: Run, model, extra_callbacks=()) -> Fitted:
             train_ds,
             validation_data=run.splits.validation,
             epochs=run.epochs,
-            steps_per_epoch=run.steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
             shuffle=False,  # The stream is already shuffled per epoch (see pipeline.training_stream).
             callbacks=callbacks,
             verbose=verbose,
