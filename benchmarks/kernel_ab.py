@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -49,8 +50,9 @@ def renamed(source: str, tag: str) -> str:
     return out
 
 
-def build(source: str, tag: str, workdir: Path):
-    """Compiles the renamed source and loads it: the op module."""
+def build(source: str, tag: str, workdir: Path, defines: tuple[str, ...] = ()):
+    """Compiles the renamed source (with `defines`, e.g. the tests' TF_RNN_EMULATE_AVX512) and loads it: the op
+    module."""
     import tensorflow as tf
 
     from tf_rnn import fused
@@ -58,7 +60,7 @@ def build(source: str, tag: str, workdir: Path):
     cc, so = workdir / f"{tag}.cc", workdir / f"{tag}.so"
     cc.write_text(renamed(source, tag))
     cxx, _ = fused.compiler()
-    done = subprocess.run(fused.build_command(cxx, so, source=cc), capture_output=True, text=True)
+    done = subprocess.run(fused.build_command(cxx, so, source=cc, defines=defines), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"kernel_ab: the {tag.lower()} source does not compile: {fused.first_error(done)}")
     return tf.load_op_library(str(so))
@@ -124,11 +126,16 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
+    from benchmarks import machine
+    from tf_rnn import fused
+
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         old_ops, new_ops = build(old_src, "Old", Path(tmp)), build(new_src, "New", Path(tmp))
         result = {"old": args.old, "new": args.new, "cell": args.cell, "threads": args.threads,
-                  "rounds": args.rounds, **measure(old_ops, new_ops, args.cell, args.rounds)}
+                  "rounds": args.rounds, "cpu": machine.cpu_name(),
+                  "isa": os.environ.get(fused.ISA_ENV) or "auto",
+                  **measure(old_ops, new_ops, args.cell, args.rounds)}
     print(json.dumps(result))
     if args.json:
         path = Path(args.json)

@@ -10,6 +10,8 @@ alternating round-robin so that a noisy neighbour hurts all of them alike (`--ce
                    with the steps per execution `python -m tf_rnn.train` uses (10 for the seed preset),
                    its recurrent layer through `tf_rnn.fused` (the default on a CPU);
 - `tf_rnn_1step` — the same with one step per execution (`--steps-per-execution 1`): what the kernel gives alone;
+- `tf_rnn_avx2`  — `tf_rnn` with `TF_RNN_KERNEL_ISA=avx2`: the AVX2 products on an AVX-512 CPU, for the A/B of the
+                   kernel's two paths (skipped on a CPU without avx512f, where `tf_rnn` runs them already);
 - `tf_rnn_keras` — `tf_rnn` with `TF_RNN_FUSED=0`: Keras' own layer inside tf_rnn's model and pipeline;
 - `keras_stock`  — a stock `keras.layers.LSTM(128)` (or `GRU`) + `Dense(10)` model, `fit` on NumPy arrays;
 - `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`; LSTM only);
@@ -32,7 +34,7 @@ import sys
 import time
 
 BATCH = 128
-CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
+CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
 GATES = {"lstm": 4, "gru": 3}
 
 
@@ -173,18 +175,23 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
     elif name == "peak":
         rate = matmul_peak_gflops()
     else:
-        if name in ("tf_rnn", "tf_rnn_1step"):
+        if name in ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2"):
             from tf_rnn import fused
 
             if not fused.available():  # Else this row would silently measure Keras' layer under tf_rnn's name.
                 raise SystemExit("tf_rnn.fused is unavailable here (the warning above says why)")
+            if name == "tf_rnn_avx2" and "avx512f" not in (fused.cpu_flags() or ()):
+                raise SystemExit("the CPU lacks avx512f: tf_rnn runs the AVX2 products already")
+            products = fused.kernels().tf_rnn_kernel_isa().numpy().decode()  # Which micro-kernel this row timed.
         rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock", one_step=name == "tf_rnn_1step")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb}))
+    print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb, "products": locals().get("products")}))
 
 
 def measure(name: str, warmup: int, steps: int, cell: str = "lstm") -> dict | None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_RNN_FUSED": "0" if name == "tf_rnn_keras" else "1"}
+    if name == "tf_rnn_avx2":
+        env["TF_RNN_KERNEL_ISA"] = "avx2"
     out = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--worker", name,
                           "--warmup", str(warmup), "--steps", str(steps), "--cell", cell], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -246,6 +253,8 @@ def write_report(args, results, medians, peaks, flop) -> None:
     import platform
     from importlib import metadata
 
+    from benchmarks import machine
+
     peak = statistics.median(peaks)
     reference = medians.get("pytorch")
 
@@ -258,7 +267,7 @@ def write_report(args, results, medians, peaks, flop) -> None:
     report = {
         "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "cpu": machine.cpu_name()},
         "versions": {d: version(d) for d in ("tensorflow-cpu", "tensorflow", "keras", "torch")},
         "cell": args.cell, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "matmul_peak_gflops": {"median": round(peak, 1), "repeats": [round(p, 1) for p in peaks]},
@@ -271,6 +280,7 @@ def write_report(args, results, medians, peaks, flop) -> None:
                 "gflops": round(rate * flop / 1e9, 1),
                 "of_matmul_peak": round(rate * flop / 1e9 / peak, 3),
                 "peak_rss_mb": round(max(m["rss_mb"] for m in results[name])),
+                "products": results[name][0].get("products"),
             }
             for name, rate in medians.items()
         },

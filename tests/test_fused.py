@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from support import skip_or_fail
-from tf_rnn import export, fused
+from support import skip_or_fail, synthetic_arrays
+from tf_rnn import export, fused, train
 from tf_rnn.config import resolve
 from tf_rnn.layers import StackedRNN
 from tf_rnn.models import build_model
@@ -164,6 +164,90 @@ def test_export_contains_no_custom_ops(kernels, tmp_path):
     np.testing.assert_allclose(served["logits"], model(x, training=True), atol=1e-5)  # Fused, without dropout.
 
 
+# --- the products' two paths, AVX2 and AVX-512, chosen at run time ----------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["native", "emulated"])
+def avx512_ops(request, tmp_path_factory):
+    """(op module, op name prefix) of a kernel whose AVX-512 path runs here: the real kernel where the CPU has
+    avx512f; everywhere, a build with TF_RNN_EMULATE_AVX512, whose AVX-512 code runs each 16-float vector as two AVX2
+    vectors with the same fused multiply-adds (bit for bit the real instructions' results, not their speed)."""
+    if fused.unsupported_reason() is not None or fused.kernels() is None:
+        skip_or_fail("the fused kernel does not build here", "g++ and TensorFlow's headers are needed")
+    if request.param == "native":
+        if "avx512f" not in (fused.cpu_flags() or ()):
+            pytest.skip("this CPU lacks avx512f: the AVX-512 instructions cannot run here; the emulated build runs "
+                        "the AVX-512 path's code against the AVX2 path instead")
+        return fused.kernels(), "tf_rnn"
+    from benchmarks import kernel_ab
+
+    ops = kernel_ab.build(fused.KERNEL_SOURCE.read_text(), "Emu", tmp_path_factory.mktemp("emulated"),
+                          defines=("TF_RNN_EMULATE_AVX512",))
+    return ops, "tf_rnn_emu"
+
+
+def forward_and_backward(ops, prefix, cell, x, w, u, b, dh):
+    """Every output of the cell's forward op and of its backward op, as arrays."""
+    outputs = getattr(ops, f"{prefix}_{cell}_forward")(x, w, u, b)
+    return [np.asarray(t) for t in (*outputs, *getattr(ops, f"{prefix}_{cell}_backward")(dh, x, u, *outputs))]
+
+
+# SHAPES, and a batch of 64: two 32-row blocks per thread, 12 + 12 + 8 rows; 48 units: 12 LSTM panels of 16
+# columns (read in pairs), 9 GRU panels (a last single one), 3 panels of Uᵀ.
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("batch,time,features,units", SHAPES + [(64, 5, 28, 48)])
+def test_avx512_path_equals_the_avx2_path(avx512_ops, monkeypatch, cell, batch, time, features, units):
+    ops, prefix = avx512_ops
+    gates = {"lstm": 4, "gru": 3}[cell]
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(batch, time, features)).astype("float32"))
+    w = tf.constant(rng.normal(0, 0.3, (features, gates * units)).astype("float32"))
+    u = tf.constant(rng.normal(0, 0.3, (units, gates * units)).astype("float32"))
+    b = tf.constant(rng.normal(0, 0.5, (gates * units,) if cell == "lstm" else (2, gates * units)).astype("float32"))
+    dh = tf.constant(rng.normal(size=(batch, time, units)).astype("float32"))
+    results = {}
+    # The emulated build counts the AVX-512 blocks it runs: proof that each call took the path asked for.
+    blocks = getattr(ops, "tf_rnn_emu_emulated_blocks", lambda: tf.constant(-1))
+    for isa in ("avx2", "avx512"):
+        monkeypatch.setenv(fused.ISA_ENV, isa)
+        assert getattr(ops, f"{prefix}_kernel_isa")().numpy().decode() == f"{isa} ({fused.ISA_ENV}={isa})"
+        before = int(blocks())
+        results[isa] = forward_and_backward(ops, prefix, cell, x, w, u, b, dh)
+        if before >= 0:
+            assert (int(blocks()) > before) == (isa == "avx512")
+    assert len(results["avx2"]) == {"lstm": 8, "gru": 7}[cell]
+    for a, z in zip(results["avx2"], results["avx512"]):
+        if units % 16 == 0:  # Every panel full on both paths: the same fused multiply-adds in the same order.
+            np.testing.assert_array_equal(z, a)
+        else:  # The AVX2 path's last, narrower panel takes its portable loop.
+            np.testing.assert_allclose(z, a, rtol=1e-5, atol=1e-5 * (np.abs(a).max() or 1.0))
+    assert any(np.abs(a).max() > 0 for a in results["avx2"][-3:])  # Real weight gradients, not zeros on both.
+
+
+def test_a_bad_isa_request_is_one_line_before_training_and_refused_by_the_kernel(kernels, monkeypatch, capsys,
+                                                                                  tmp_path):
+    config = resolve(preset="seed")
+    monkeypatch.setenv(fused.ISA_ENV, "avx9")
+    with pytest.raises(fused.BuildError, match=r"^TF_RNN_KERNEL_ISA=avx9 is not one of auto, avx2, avx512; unset"):
+        fused.prepare(config)
+    with pytest.raises(fused.BuildError, match="TF_RNN_KERNEL_ISA=avx9"):  # Refused before the run's workdir exists.
+        train.train_and_evaluate(resolve(overrides={"units": 8, "epochs": 1}), tmp_path / "run",
+                                 arrays=synthetic_arrays())
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="TF_RNN_KERNEL_ISA=avx9 is not one of auto, avx2"):
+        kernels.tf_rnn_kernel_isa()
+    monkeypatch.setenv(fused.ISA_ENV, "avx512")
+    monkeypatch.setattr(fused, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(fused.BuildError, match=r"TF_RNN_KERNEL_ISA=avx512, but this CPU lacks avx512f; unset it or"):
+        fused.prepare(config)
+    fused.main(["info"])
+    assert capsys.readouterr().out.strip().endswith("products: TF_RNN_KERNEL_ISA=avx512, but this CPU lacks "
+                                                    "avx512f; unset it or set avx2")
+    monkeypatch.setenv(fused.ISA_ENV, "avx2")
+    fused.prepare(config)  # Allowed on every CPU the fused path runs on.
+    assert kernels.tf_rnn_kernel_isa().numpy().decode() == "avx2 (TF_RNN_KERNEL_ISA=avx2)"
+
+
 # --- delivery: build, info, a shared cache ---------------------------------------------------------------------
 
 
@@ -172,7 +256,10 @@ def test_build_and_info_commands(kernels, capsys):
     path = capsys.readouterr().out.strip()
     assert path == str(fused.kernel_path()) and os.path.exists(path)
     assert fused.main(["info"]) == 0
-    assert capsys.readouterr().out.strip() == f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path})"
+    products = ("avx512 (the CPU has avx512f)" if "avx512f" in (fused.cpu_flags() or ()) else
+                "avx2 (the CPU lacks avx512f)")
+    assert capsys.readouterr().out.strip() == (f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path}); "
+                                               f"products: {products}")
 
 
 def test_info_and_build_say_why_not(fresh, monkeypatch, capsys):

@@ -9,8 +9,9 @@ Performance).
 
 The kernel is compiled from this package's source with `$CXX` (default g++) into `$TF_RNN_CACHE` (default
 ~/.cache/tf_rnn), once per source, TensorFlow, compiler and flags. It is built for AVX2 + FMA (not
-`-march=native`, so a cache shared between machines holds code every AVX2 CPU runs); on CPUs without them, where
-its portable loops measured slower than Keras' LSTM, the path steps aside. Builds are safe to race: a file lock
+`-march=native`, so a cache shared between machines holds code every AVX2 CPU runs), with its products also
+compiled for AVX-512 and chosen at run time where the CPU has avx512f (`TF_RNN_KERNEL_ISA=avx2` forces the AVX2
+ones); on CPUs without AVX2 and FMA, where its portable loops measured slower than Keras' LSTM, the path steps aside. Builds are safe to race: a file lock
 serialises them, each writes a unique temporary file, test-loads it in a separate process and only then publishes
 it under its final name. Used only in training steps, on a CPU, in float32, outside XLA; never where a GPU or TPU
 is visible. `TF_RNN_FUSED=0` switches it off.
@@ -37,6 +38,9 @@ CACHE_ENV = "TF_RNN_CACHE"
 # The fast products need AVX2 and FMA; nothing else is assumed about the CPU (no -march=native).
 CPU_FEATURES = ("avx2", "fma")
 CXX_FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-w"]
+# Which products the kernel runs, read by the kernel at each op call: "auto" (unset) is the widest the CPU has.
+ISA_ENV = "TF_RNN_KERNEL_ISA"
+ISA_CHOICES = ("auto", "avx2", "avx512")
 LOCK_TIMEOUT_S = 900  # A build takes 15-60 s; a lock held this long belongs to a process that hung.
 
 _module = None
@@ -81,6 +85,18 @@ def unsupported_reason() -> str | None:
     return None
 
 
+def isa_problem() -> str | None:
+    """What is wrong with `$TF_RNN_KERNEL_ISA` here, in one line, or None. The kernel refuses the same values; asked
+    here first, a typo is one line before training instead of an op error inside its first step."""
+    asked = os.environ.get(ISA_ENV) or "auto"
+    if asked not in ISA_CHOICES:
+        return f"{ISA_ENV}={asked} is not one of {', '.join(ISA_CHOICES)}; unset it for the CPU's widest"
+    flags = cpu_flags()
+    if asked == "avx512" and (flags is None or "avx512f" not in flags):
+        return f"{ISA_ENV}=avx512, but this CPU lacks avx512f; unset it or set avx2"
+    return None
+
+
 def compiler() -> tuple[str, str]:
     """(`$CXX` resolved to a path, its version line). Raises BuildError when there is none."""
     cxx = os.environ.get("CXX", "g++")
@@ -91,12 +107,13 @@ def compiler() -> tuple[str, str]:
     return path, (done.stdout.splitlines() or ["unknown version"])[0]
 
 
-def build_command(cxx: str, out: Path, source: Path = KERNEL_SOURCE) -> list[str]:
-    """The compiler command line; `source` other than ours only for benchmarks/kernel_ab.py's A/B builds."""
+def build_command(cxx: str, out: Path, source: Path = KERNEL_SOURCE, defines: tuple[str, ...] = ()) -> list[str]:
+    """The compiler command line; `source` and `defines` other than ours only for variant builds (the A/B builds
+    of benchmarks/kernel_ab.py, the tests' emulated AVX-512 build)."""
     import tensorflow as tf
 
-    return [cxx, *CXX_FLAGS, *tf.sysconfig.get_compile_flags(), str(source), "-o", str(out),
-            *tf.sysconfig.get_link_flags()]
+    return [cxx, *CXX_FLAGS, *[f"-D{d}" for d in defines], *tf.sysconfig.get_compile_flags(), str(source), "-o",
+            str(out), *tf.sysconfig.get_link_flags()]
 
 
 def kernel_path() -> Path:
@@ -210,8 +227,11 @@ def available() -> bool:
 
 def prepare(config) -> None:
     """Builds (or loads) the kernel before training when the config's model would use it, so that a first build
-    is announced before the first step instead of stalling inside it."""
-    if config.cell in ("lstm", "gru") and config.activation == "tanh":
+    is announced before the first step instead of stalling inside it; a bad `$TF_RNN_KERNEL_ISA` is a BuildError."""
+    if config.cell in ("lstm", "gru") and config.activation == "tanh" and unsupported_reason() is None:
+        problem = isa_problem()
+        if problem:
+            raise BuildError(problem)
         available()
 
 
@@ -321,7 +341,9 @@ def main(argv=None) -> int:
         print(f"fused CPU RNN kernel: not used here: {reason}; Keras' own layers train instead")
         return 0
     if path.exists():
-        print(f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path})")
+        problem = isa_problem()
+        products = problem or kernels().tf_rnn_kernel_isa().numpy().decode()
+        print(f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path}); products: {products}")
     else:
         print(f"fused CPU RNN kernel: used here once built ({path} does not exist yet: `python -m tf_rnn.fused build`, "
               "or the first training run builds it)")

@@ -20,6 +20,10 @@
 
 #define EIGEN_USE_THREADS
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <type_traits>
 
 #include "Eigen/Core"
@@ -28,6 +32,7 @@
 #endif
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tf_rnn {
@@ -139,8 +144,8 @@ static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c,
   if (r < m) block(std::integral_constant<int, 1>(), r);
 }
 
-// c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
-static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+// The AVX2 products: c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
+static void GemmAvx2(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
   const Term* t = terms.begin();
   const int nterms = static_cast<int>(terms.size());
   const int64_t n = t->b.n;
@@ -152,6 +157,189 @@ static void Gemm(std::initializer_list<Term> terms, int64_t m, float* c, int64_t
       Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
   }
 }
+
+// ---- The AVX-512 products, chosen at run time where the CPU has avx512f. ----------------------------------------
+//
+// The same packed panels of 16 columns, read two at a time: a block of kRows512 rows × 32 columns keeps 24 of the
+// 32 zmm registers as accumulators (2 more for b, the broadcast of a folds into the FMA's memory operand). On
+// AVX-512 the AVX2 block above fills half of each register and half of the register file. Every result is the same
+// sequence of fused multiply-adds as on the AVX2 path (k in order, terms in order), so the two paths agree bit for
+// bit wherever the AVX2 path has no narrower-than-16 last panel (tests/test_fused.py compares them).
+//
+// One library serves both CPUs: only these functions are compiled for avx512f (a target attribute, not a global
+// -mavx512f, so the rest of the library — Eigen's elementwise code included — stays AVX2 code that runs anywhere
+// the fused path is allowed), and they are called only after the CPU said it has avx512f.
+constexpr int kRows512 = 12;
+
+#if defined(TF_RNN_EMULATE_AVX512)
+// Tests only (tests/test_fused.py builds it so): the AVX-512 path's code on a CPU without AVX-512. A 16-float vector
+// is a pair of AVX2 vectors and every operation the same fused multiply-add per lane, so results are bit for bit the
+// real instructions'; only the speed is not.
+#define TF_RNN_AVX512
+struct V16 {
+  __m256 lo, hi;
+};
+static inline V16 Zero16() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+static inline V16 Load16(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline V16 Broadcast16(const float* p) { return {_mm256_broadcast_ss(p), _mm256_broadcast_ss(p)}; }
+static inline V16 Fma16(V16 a, V16 b, V16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+static inline V16 LoadFirst(const float* p, int n) {  // Lanes [0, n) from p, zero beyond; nothing read beyond.
+  alignas(64) float v[16] = {};
+  std::memcpy(v, p, n * sizeof(float));
+  return Load16(v);
+}
+static inline void StoreFirst(float* p, V16 x, int n) {  // Lanes [0, n) to p; nothing written beyond.
+  alignas(64) float v[16];
+  _mm256_store_ps(v, x.lo);
+  _mm256_store_ps(v + 8, x.hi);
+  std::memcpy(p, v, n * sizeof(float));
+}
+static bool CpuHasAvx512() { return true; }
+// How many AVX-512 blocks ran: the tests' proof that a call took this path, whose results may equal the other's.
+static std::atomic<int64_t> emulated_blocks{0};
+#define TF_RNN_COUNT_BLOCK() emulated_blocks.fetch_add(1, std::memory_order_relaxed)
+REGISTER_OP("TfRnnEmulatedBlocks").Output("blocks: int64").SetIsStateful().SetShapeFn(shape_inference::ScalarShape);
+class EmulatedBlocks : public OpKernel {
+ public:
+  explicit EmulatedBlocks(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<int64_t>()() = emulated_blocks.load();
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("TfRnnEmulatedBlocks").Device(DEVICE_CPU), EmulatedBlocks);
+#else
+#define TF_RNN_COUNT_BLOCK()
+#define TF_RNN_AVX512 __attribute__((target("avx512f")))
+using V16 = __m512;
+TF_RNN_AVX512 static inline V16 Zero16() { return _mm512_setzero_ps(); }
+TF_RNN_AVX512 static inline V16 Load16(const float* p) { return _mm512_loadu_ps(p); }
+TF_RNN_AVX512 static inline V16 Broadcast16(const float* p) { return _mm512_set1_ps(*p); }
+TF_RNN_AVX512 static inline V16 Fma16(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }
+TF_RNN_AVX512 static inline V16 LoadFirst(const float* p, int n) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+}
+TF_RNN_AVX512 static inline void StoreFirst(float* p, V16 x, int n) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), x);
+}
+static bool CpuHasAvx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+#endif
+
+// R rows × NP panels (16·NP columns) of c from panels s .. s+NP-1; `cols` < 16 only for a last single panel, whose
+// columns beyond are neither read nor written (b is zero-padded there, so its loads need no mask).
+template <int R, int NP>
+TF_RNN_AVX512 static void Block512(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc,
+                                   int cols, bool acc_in) {
+  TF_RNN_COUNT_BLOCK();
+  V16 acc[R][NP];
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < NP; ++h)
+      acc[r][h] = !acc_in ? Zero16() : cols == kPanel ? Load16(c + r * ldc + kPanel * h) : LoadFirst(c + r * ldc, cols);
+  for (int n = 0; n < nterms; ++n) {
+    const float* a[R];
+    for (int r = 0; r < R; ++r) a[r] = terms[n].a.p + (r0 + r) * terms[n].a.rs;
+    const int64_t k = terms[n].b.k, ps = terms[n].b.ps;
+    const float* b = terms[n].b.p + s * ps;
+#pragma GCC unroll 4
+    for (int64_t q = 0; q < k; ++q, b += kPanel) {
+      V16 bv[NP];
+      for (int h = 0; h < NP; ++h) bv[h] = Load16(b + h * ps);
+      for (int r = 0; r < R; ++r) {
+        const V16 x = Broadcast16(a[r] + q);
+        for (int h = 0; h < NP; ++h) acc[r][h] = Fma16(x, bv[h], acc[r][h]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < NP; ++h)
+      if (cols == kPanel)
+        StoreFirst(c + r * ldc + kPanel * h, acc[r][h], kPanel);
+      else
+        StoreFirst(c + r * ldc, acc[r][h], cols);
+}
+
+template <int NP>
+static void Panel512(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols,
+                     bool acc_in) {
+  auto block = [&](auto rows, int64_t r) {
+    Block512<decltype(rows)::value, NP>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in);
+  };
+  int64_t r = 0;
+  for (; r + kRows512 <= m; r += kRows512) block(std::integral_constant<int, kRows512>(), r);
+  if (r + 8 <= m) block(std::integral_constant<int, 8>(), r), r += 8;
+  if (r + 4 <= m) block(std::integral_constant<int, 4>(), r), r += 4;
+  if (r + 2 <= m) block(std::integral_constant<int, 2>(), r), r += 2;
+  if (r < m) block(std::integral_constant<int, 1>(), r);
+}
+
+static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+  const Term* t = terms.begin();
+  const int nterms = static_cast<int>(terms.size());
+  const int64_t n = t->b.n;
+  for (int64_t s = 0; s * kPanel < n;) {
+    const int64_t left = n - s * kPanel;
+    if (left >= 2 * kPanel) {
+      Panel512<2>(t, nterms, m, s, c + s * kPanel, ldc, kPanel, acc_in);
+      s += 2;
+    } else {
+      Panel512<1>(t, nterms, m, s, c + s * kPanel, ldc, static_cast<int>(std::min<int64_t>(kPanel, left)), acc_in);
+      s += 1;
+    }
+  }
+}
+
+// Which products run, decided once per op call: the widest the CPU has, unless TF_RNN_KERNEL_ISA asks for
+// another ("avx2" on an AVX-512 CPU: the tests compare the two paths, benchmarks time them).
+enum class Isa { kAvx2, kAvx512 };
+static const char* const kIsaEnv = "TF_RNN_KERNEL_ISA";
+
+static Status ChooseIsa(Isa* isa, std::string* why) {
+  const char* env = std::getenv(kIsaEnv);
+  const std::string asked = env && *env ? env : "auto";
+  const bool has512 = CpuHasAvx512();
+  if (asked == "avx2") {
+    *isa = Isa::kAvx2;
+    *why = std::string(kIsaEnv) + "=avx2";
+  } else if (asked == "avx512" || asked == "auto") {
+    if (asked == "avx512" && !has512)
+      return errors::InvalidArgument(kIsaEnv, "=avx512, but this CPU lacks avx512f; unset it or set avx2");
+    *isa = has512 ? Isa::kAvx512 : Isa::kAvx2;
+    *why = asked == "avx512" ? std::string(kIsaEnv) + "=avx512" : has512 ? "the CPU has avx512f" : "the CPU lacks avx512f";
+  } else {
+    return errors::InvalidArgument(kIsaEnv, "=", asked, " is not one of auto, avx2, avx512");
+  }
+  return absl::OkStatus();
+}
+
+// c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
+static void Gemm(Isa isa, std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+  if (isa == Isa::kAvx512)
+    GemmAvx512(terms, m, c, ldc, acc_in);
+  else
+    GemmAvx2(terms, m, c, ldc, acc_in);
+}
+
+// "avx512 (the CPU has avx512f)": which products the ops run here and why (`python -m tf_rnn.fused info`).
+// Stateful: its answer depends on the environment at the call, so it must be neither folded nor cached.
+REGISTER_OP("TfRnnKernelIsa").Output("isa: string").SetIsStateful().SetShapeFn(shape_inference::ScalarShape);
+
+class KernelIsa : public OpKernel {
+ public:
+  explicit KernelIsa(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    Isa isa;
+    std::string why;
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<tstring>()() = std::string(isa == Isa::kAvx512 ? "avx512" : "avx2") + " (" + why + ")";
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("TfRnnKernelIsa").Device(DEVICE_CPU), KernelIsa);
 
 // Rows per block of the backward pass's weight-gradient sums: fixed, so that where the sums are split does not
 // depend on the thread count (see the top of this file).
@@ -304,6 +492,9 @@ class Forward : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, &w, {}));
+    Isa isa;
+    std::string why;
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     OP_REQUIRES(ctx, bias.dims() == 1 && bias.dim_size(0) == G,
                 errors::InvalidArgument("tf_rnn LSTM op: bias must be [4·units]; got ", bias.shape().DebugString()));
@@ -327,9 +518,9 @@ class Forward : public OpKernel {
         for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
         const Term xw{A{xp + (lo * T + t) * F, T * F}, wp};
         if (t)
-          Gemm({xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm(isa, {xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, z, G, /*acc_in=*/true);
         else
-          Gemm({xw}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm(isa, {xw}, hi - lo, z, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
           Arr zr(gp + row * G, G), co(cp + row * U, U), tc(tcp + row * U, U), ho(hp + row * U, U);
@@ -374,6 +565,9 @@ class Backward : public OpKernel {
                  &c = ctx->input(4), &tanh_c = ctx->input(5), &g = ctx->input(6);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
                                     {{&dh, 1, false, true}, {&h, 1, true}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
+    Isa isa;
+    std::string why;
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -424,11 +618,11 @@ class Backward : public OpKernel {
         }
         const B dz_t{dz_pack, pack_stride, m, G};
         const float* x_t = xp + (lo * T + t) * F;  // This block's rows of step t.
-        Gemm({Term{Transposed(x_t, T * F, m, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
+        Gemm(isa, {Term{Transposed(x_t, T * F, m, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
           const float* h_prev = hp + ((t - 1) * Bt + lo) * U;
-          Gemm({Term{Transposed(h_prev, U, m, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
-          Gemm({Term{A{dzp + (t * Bt + lo) * G, G}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
+          Gemm(isa, {Term{Transposed(h_prev, U, m, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
+          Gemm(isa, {Term{A{dzp + (t * Bt + lo) * G, G}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
         }
       }
     });
@@ -493,6 +687,9 @@ class GruForward : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, &w, {}));
+    Isa isa;
+    std::string why;
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     OP_REQUIRES(ctx, bias.dims() == 2 && bias.dim_size(0) == 2 && bias.dim_size(1) == G,
                 errors::InvalidArgument("tf_rnn GRU op: bias must be [2, 3·units]; got ", bias.shape().DebugString()));
@@ -518,8 +715,8 @@ class GruForward : public OpKernel {
           std::copy(b_in, b_in + G, a + (b - lo) * G);
           std::copy(b_rec, b_rec + G, q + (b - lo) * G);
         }
-        Gemm({Term{A{xp + (lo * T + t) * F, T * F}, wp}}, hi - lo, a, G, /*acc_in=*/true);
-        if (t) Gemm({Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, q, G, /*acc_in=*/true);
+        Gemm(isa, {Term{A{xp + (lo * T + t) * F, T * F}, wp}}, hi - lo, a, G, /*acc_in=*/true);
+        if (t) Gemm(isa, {Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, q, G, /*acc_in=*/true);
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t row = t * Bt + b;
           Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + row * U, U);
@@ -565,6 +762,9 @@ class GruBackward : public OpKernel {
                  &g = ctx->input(4), &qh = ctx->input(5);
     OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr,
                                     {{&dh, 1, false, true}, {&h, 1, true}, {&g, 3, true}, {&qh, 1, true}}));
+    Isa isa;
+    std::string why;
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -616,13 +816,13 @@ class GruBackward : public OpKernel {
           }
         }
         const float* x_t = xp + (lo * T + t) * F;  // This block's rows of step t.
-        Gemm({Term{Transposed(x_t, T * F, m, F, scratch), B{dz_pack, pack_stride, m, G}}}, F, sw, G,
+        Gemm(isa, {Term{Transposed(x_t, T * F, m, F, scratch), B{dz_pack, pack_stride, m, G}}}, F, sw, G,
              /*acc_in=*/true);  // dW += x_tᵀ·dz_t
         if (t) {
           const float* h_prev = hp + ((t - 1) * Bt + lo) * U;
-          Gemm({Term{Transposed(h_prev, U, m, U, scratch), B{dq_pack, pack_stride, m, G}}}, U, su, G,
+          Gemm(isa, {Term{Transposed(h_prev, U, m, U, scratch), B{dq_pack, pack_stride, m, G}}}, U, su, G,
                /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
-          Gemm({Term{A{dq, G}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
+          Gemm(isa, {Term{A{dq, G}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
         }
       }
     });
