@@ -182,7 +182,9 @@ struct V16 {
 static inline V16 Zero16() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 static inline V16 Load16(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
 static inline V16 Broadcast16(const float* p) { return {_mm256_broadcast_ss(p), _mm256_broadcast_ss(p)}; }
-static inline V16 Fma16(V16 a, V16 b, V16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+static inline V16 Fma16(V16 a, V16 b, V16 c) {
+  return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
 static inline V16 LoadFirst(const float* p, int n) {  // Lanes [0, n) from p, zero beyond; nothing read beyond.
   alignas(64) float v[16] = {};
   std::memcpy(v, p, n * sizeof(float));
@@ -308,7 +310,9 @@ static Status ChooseIsa(Isa* isa, std::string* why) {
     if (asked == "avx512" && !has512)
       return errors::InvalidArgument(kIsaEnv, "=avx512, but this CPU lacks avx512f; unset it or set avx2");
     *isa = has512 ? Isa::kAvx512 : Isa::kAvx2;
-    *why = asked == "avx512" ? std::string(kIsaEnv) + "=avx512" : has512 ? "the CPU has avx512f" : "the CPU lacks avx512f";
+    *why = asked == "avx512" ? std::string(kIsaEnv) + "=avx512"
+           : has512          ? "the CPU has avx512f"
+                             : "the CPU lacks avx512f";
   } else {
     return errors::InvalidArgument(kIsaEnv, "=", asked, " is not one of auto, avx2, avx512");
   }
