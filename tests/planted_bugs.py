@@ -131,6 +131,7 @@ BUGS = [
  ('whole-epoch data never told its epoch', 'tf_rnn/train.py', 'callbacks.insert(0, DataEpoch(run.splits.train_epoch))', 'pass', 'tests/test_train.py -k whole_epochs'),
  ('whole-epoch data under a mid-epoch budget', 'tf_rnn/train.py', 'by_epoch = not custom_loop and replicas == 1 and total_steps % steps_per_epoch == 0', 'by_epoch = not custom_loop and replicas == 1', 'tests/test_train.py -k steps_per_execution_changes'),
  ('whole-epoch data reads its epoch once', 'tf_rnn/pipeline.py', 'flat_map(lambda _: one_epoch(epoch.read_value()))', 'flat_map(lambda _, e=int(epoch.numpy()): one_epoch(e))', 'tests/test_data.py -k epoch_by_epoch'),
+ ('whole-epoch data casts in parallel (E log line)', 'tf_rnn/pipeline.py', 'return _untuned(ds.map(_to_float).prefetch(PARALLEL_BATCHES)), epoch', 'return _ready(ds), epoch', 'tests/test_quiet.py -k whole_epochs'),
 ]
 
 

@@ -2,6 +2,7 @@
 logging is off unless asked for, no GPU-only warning on a CPU, progress that tells the truth, and pipelines whose
 iterators end at once (no silent seconds after a fit or at exit)."""
 
+import json
 import os
 import re
 import subprocess
@@ -82,6 +83,30 @@ def test_a_training_run_prints_only_lines_about_the_run(tmp_path):
     assert not any("--steps-per-execution" in line for line in lines), lines
 
 
+QUIET_EPOCHS = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from support import synthetic_arrays
+from tf_rnn import train
+from tf_rnn.config import resolve
+config = resolve(overrides={"units": 4, "epochs": 2, "batch_size": 32})  # 17 steps an epoch: 10 per call and 7.
+train.train_and_evaluate(config, sys.argv[1], arrays=synthetic_arrays())
+"""
+
+
+def test_whole_epochs_of_images_train_without_a_log_line(tmp_path):
+    """Whole epochs read one dataset per epoch (pipeline.training_epochs), which reads a variable: under op
+    determinism TensorFlow rewrote its parallel cast of uint8 images and logged an error line (`E0000 ...
+    node_def_util.cc`) at every epoch. The CLI test above runs a --steps budget on float data, which never met it."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", QUIET_EPOCHS, str(tmp_path / "run"), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not [line for line in done.stderr.splitlines() if line.strip()], done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["steps_per_execution"]) == (34, 10)  # Not a divisor of 17: whole epochs.
+
+
 def test_cpu_only_softsign_model_builds_without_warnings(recwarn):
     from tf_rnn.models import build_model
 
@@ -93,7 +118,7 @@ def test_every_pipeline_runs_without_the_autotuner():
     """Its model thread made each iterator's destruction wait: silent seconds after every fit, a minute at exit."""
     arrays = synthetic_arrays()
     splits = pipeline.make_splits(arrays, 32, 0.2, seed=0)
-    for ds in (splits.train, splits.validation, splits.test):
+    for ds in (splits.train, splits.train_epochs, splits.validation, splits.test):
         assert ds.options().autotune.enabled is False
 
 
