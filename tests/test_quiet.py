@@ -96,8 +96,8 @@ train.train_and_evaluate(config, sys.argv[1], arrays=synthetic_arrays())
 
 def test_whole_epochs_of_images_train_without_a_log_line(tmp_path):
     """Whole epochs read one dataset per epoch (pipeline.training_epochs), which reads a variable: under op
-    determinism TensorFlow rewrote its parallel cast of uint8 images and logged an error line (`E0000 ...
-    node_def_util.cc`) at every epoch. The CLI test above runs a --steps budget on float data, which never met it."""
+    determinism TensorFlow rewrote its parallel cast of uint8 images and logged an error line once (`E0000 ...
+    node_def_util.cc`). The CLI test above runs a --steps budget on float data, which never met it."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run([sys.executable, "-c", QUIET_EPOCHS, str(tmp_path / "run"), str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=300, env=env)

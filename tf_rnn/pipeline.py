@@ -126,7 +126,7 @@ def training_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, hf
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch_size)))
     # A sequential cast, not _ready's parallel one: with op determinism on (train.prepare), TensorFlow makes a parallel
     # map in a pipeline that reads a variable sequential anyway, and logs an error-level line about the attribute it
-    # drops doing so (node_def_util.cc, use_unbounded_threadpool) at every epoch. The cast is microseconds a batch.
+    # drops doing so (node_def_util.cc, use_unbounded_threadpool) once a run. The cast is microseconds a batch.
     return _untuned(ds.map(_to_float).prefetch(PARALLEL_BATCHES)), epoch
 
 
