@@ -168,6 +168,7 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
     """Runs one measurement in this process and prints it as JSON on the last line."""
     import resource
 
+    products = None  # For tf_rnn's rows: which of the kernel's micro-kernels ran (fused.info's "products").
     if name == "pytorch":
         rate = run_pytorch(warmup, steps, cell)
     elif name == "legacy_port":
@@ -185,7 +186,7 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
             products = fused.kernels().tf_rnn_kernel_isa().numpy().decode()  # Which micro-kernel this row timed.
         rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock", one_step=name == "tf_rnn_1step")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb, "products": locals().get("products")}))
+    print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb, "products": products}))
 
 
 def measure(name: str, warmup: int, steps: int, cell: str = "lstm") -> dict | None:

@@ -11,7 +11,8 @@ from tf_rnn.arrays import Arrays
 
 class Splits(NamedTuple):
     """Batched `tf.data.Dataset`s of `(<float32>[batch, T, F], targets)` (uint8 images scaled to [0, 1]); `train`
-    is endless; `train_epochs` holds the same epochs one per iteration, epoch `train_epoch` (training_epochs)."""
+    is endless; `train_epochs` holds the same epochs, one per iteration, the epoch named by the variable
+    `train_epoch` (see training_epochs)."""
 
     train: object
     validation: object | None
