@@ -299,20 +299,22 @@ static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, i
 enum class Isa { kAvx2, kAvx512 };
 static const char* const kIsaEnv = "TF_RNN_KERNEL_ISA";
 
-static Status ChooseIsa(Isa* isa, std::string* why) {
+// `why`, when asked for (the info op; not the compute ops, at every call), says what decided.
+static Status ChooseIsa(Isa* isa, std::string* why = nullptr) {
   const char* env = std::getenv(kIsaEnv);
   const std::string asked = env && *env ? env : "auto";
   const bool has512 = CpuHasAvx512();
   if (asked == "avx2") {
     *isa = Isa::kAvx2;
-    *why = std::string(kIsaEnv) + "=avx2";
+    if (why) *why = std::string(kIsaEnv) + "=avx2";
   } else if (asked == "avx512" || asked == "auto") {
     if (asked == "avx512" && !has512)
       return errors::InvalidArgument(kIsaEnv, "=avx512, but this CPU lacks avx512f; unset it or set avx2");
     *isa = has512 ? Isa::kAvx512 : Isa::kAvx2;
-    *why = asked == "avx512" ? std::string(kIsaEnv) + "=avx512"
-           : has512          ? "the CPU has avx512f"
-                             : "the CPU lacks avx512f";
+    if (why)
+      *why = asked == "avx512" ? std::string(kIsaEnv) + "=avx512"
+             : has512          ? "the CPU has avx512f"
+                               : "the CPU lacks avx512f";
   } else {
     return errors::InvalidArgument(kIsaEnv, "=", asked, " is not one of auto, avx2, avx512");
   }
@@ -497,8 +499,7 @@ class Forward : public OpKernel {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, &w, {}));
     Isa isa;
-    std::string why;
-    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     OP_REQUIRES(ctx, bias.dims() == 1 && bias.dim_size(0) == G,
                 errors::InvalidArgument("tf_rnn LSTM op: bias must be [4·units]; got ", bias.shape().DebugString()));
@@ -570,8 +571,7 @@ class Backward : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
                                     {{&dh, 1, false, true}, {&h, 1, true}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     Isa isa;
-    std::string why;
-    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
@@ -692,8 +692,7 @@ class GruForward : public OpKernel {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, &w, {}));
     Isa isa;
-    std::string why;
-    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     OP_REQUIRES(ctx, bias.dims() == 2 && bias.dim_size(0) == 2 && bias.dim_size(1) == G,
                 errors::InvalidArgument("tf_rnn GRU op: bias must be [2, 3·units]; got ", bias.shape().DebugString()));
@@ -767,8 +766,7 @@ class GruBackward : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckShapes("GRU", 3, x, u, nullptr,
                                     {{&dh, 1, false, true}, {&h, 1, true}, {&g, 3, true}, {&qh, 1, true}}));
     Isa isa;
-    std::string why;
-    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 3 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
