@@ -43,3 +43,18 @@ def fashion_dir():
     return FASHION_DIR
 
 
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a worker per CPU this process may use, at most 4 — each is a TensorFlow
+    process of 1–2 GB whose ops already use every core; the gain comes from tests that wait on Python or a
+    subprocess."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (`--dist loadfile --no-loadscope-reorder`), files are handed out in collection order: files with
+    slow tests go first, their slow tests first, so a minutes-long test starts at once instead of ending the run on
+    one worker while the others wait. A run in one process keeps pytest's order (fast tests first)."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)

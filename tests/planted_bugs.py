@@ -151,7 +151,7 @@ def main(only: list[str]) -> int:
         # The kernel cache is keyed by its source, which no bug here touches: share the checkout's build.
         env = {**os.environ, "PYTHONPATH": str(tree),
                "TF_RNN_CACHE": os.environ.get("TF_RNN_CACHE", str(SRC / ".cache" / "tf_rnn"))}
-        cmd = f"{PY} -m pytest -q -x -m 'not slow' -p no:cacheprovider {tests}"
+        cmd = f"{PY} -m pytest -q -x -n 0 -m 'not slow' -p no:cacheprovider {tests}"  # -n 0: a crash is pytest's own
         out = subprocess.run(cmd, shell=True, cwd=tree, env=env, capture_output=True, text=True)
         # A test whose fixture fails (ERROR) is caught too: the bug broke what the test needs.
         failed = [line.split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ")
