@@ -132,6 +132,7 @@ BUGS = [
  ('whole-epoch data under a mid-epoch budget', 'tf_rnn/train.py', 'by_epoch = not custom_loop and replicas == 1 and total_steps % steps_per_epoch == 0', 'by_epoch = not custom_loop and replicas == 1', 'tests/test_train.py -k steps_per_execution_changes'),
  ('whole-epoch data reads its epoch once', 'tf_rnn/pipeline.py', 'flat_map(lambda _: one_epoch(epoch.read_value()))', 'flat_map(lambda _, e=int(epoch.numpy()): one_epoch(e))', 'tests/test_data.py -k epoch_by_epoch'),
  ('whole-epoch data casts in parallel (E log line)', 'tf_rnn/pipeline.py', 'return _untuned(ds.map(_to_float).prefetch(PARALLEL_BATCHES)), epoch', 'return _ready(ds), epoch', 'tests/test_quiet.py -k whole_epochs'),
+ ('test set evaluated eagerly', 'tf_rnn/tasks.py', 'outputs.append(np.asarray(forward(x)))', 'outputs.append(np.asarray(model(x, training=False)))', 'tests/test_tasks.py -k traced_once'),
 ]
 
 
