@@ -51,10 +51,3 @@ def pytest_xdist_auto_num_workers(config):
     subprocess."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
-
-def pytest_collection_modifyitems(config, items):
-    """Under xdist (`--dist loadfile --no-loadscope-reorder`), files are handed out in collection order: files with
-    slow tests go first, their slow tests first, so a minutes-long test starts at once instead of ending the run on
-    one worker while the others wait. A run in one process keeps pytest's order (fast tests first)."""
-    if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
