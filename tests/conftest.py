@@ -1,4 +1,5 @@
-"""Shared fixtures: op determinism restored after each test, isolated data folders, the real Fashion-MNIST."""
+"""Shared fixtures: op determinism restored after each test, isolated data folders, the real Fashion-MNIST; and
+how many xdist workers `-n auto` starts."""
 
 import os
 
@@ -43,11 +44,8 @@ def fashion_dir():
     return FASHION_DIR
 
 
-
-
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): a worker per CPU this process may use, at most 4 — each is a TensorFlow
     process of 1–2 GB whose ops already use every core; the gain comes from tests that wait on Python or a
     subprocess."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
-
