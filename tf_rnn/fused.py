@@ -13,8 +13,8 @@ The kernel is compiled from this package's source with `$CXX` (default g++) into
 compiled for AVX-512 and chosen at run time where the CPU has avx512f (`TF_RNN_KERNEL_ISA=avx2` forces the AVX2
 ones); on CPUs without AVX2 and FMA, where its portable loops measured slower than Keras' LSTM, the path steps
 aside. Builds are safe to race: a file lock serialises them, each writes a unique temporary file, test-loads it in
-a separate process and only then publishes it under its final name. Used only in training steps, on a CPU, in float32, outside XLA; never where a GPU or TPU
-is visible. `TF_RNN_FUSED=0` switches it off.
+a separate process and only then publishes it under its final name. Used only in training steps, on a CPU, in
+float32, outside XLA; never where a GPU or TPU is visible. `TF_RNN_FUSED=0` switches it off.
 """
 
 from __future__ import annotations

@@ -107,3 +107,19 @@ def build_model(
     model.compile(optimizer=make_optimizer(config, decay_steps), loss=task.loss(config),
                   metrics=task.compiled_metrics(), steps_per_execution=steps_per_execution)
     return model
+
+
+def inference_function(model: keras.Model, outputs=None):
+    """`model(x, training=False)`, then `outputs` of it, as one tf.function for every batch size.
+
+    Args:
+      model: a model with a fixed input shape; x is <float32>[batch, *model.input_shape[1:]] (Keras casts its
+        inputs to float32 too).
+      outputs: maps the model's outputs to what is returned (e.g. a task's serving outputs); default: as they are.
+    """
+    import tensorflow as tf
+
+    # Traced once: eagerly a recurrent layer runs its time loop op by op from Python (the adding task's 10,000 test
+    # sequences of 100 steps took 35 s so, after 4 s of training; 3.8 s traced).
+    return tf.function(lambda x: (outputs or (lambda y: y))(model(x, training=False)),
+                       input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])

@@ -176,11 +176,9 @@ def open_model(path: Path):
             except Exception as e:  # noqa: BLE001 - the user's file: one line, not a traceback.
                 raise RunError(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: "
                                f"{str(e).splitlines()[0]})") from None
-            import tensorflow as tf
+            from tf_rnn.models import inference_function
 
-            # Traced once for any batch (tasks.evaluate says why); Keras casts its inputs to float32, so do we.
-            forward = tf.function(lambda x: spec.task_type.serving_outputs(model(x, training=False)),
-                                  input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+            forward = inference_function(model, spec.task_type.serving_outputs)
             return (lambda x: {k: np.asarray(v) for k, v in forward(np.asarray(x, np.float32)).items()},
                     f"Keras {keras.__version__}")
 

@@ -20,8 +20,9 @@ def write_run_header(logdir: Path, config: TrainConfig, model, spec: DataSpec) -
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    forward = tf.function(lambda x: model(x, training=False))
-    graph = forward.get_concrete_function(tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)).graph
+    from tf_rnn.models import inference_function
+
+    graph = inference_function(model).get_concrete_function().graph
 
     hparams = hparam_values(config)
     with tf.summary.create_file_writer(str(logdir)).as_default():
