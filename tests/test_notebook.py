@@ -1,6 +1,7 @@
 """notebooks/walkthrough.ipynb: executes top to bottom on a tiny budget, and is committed without outputs."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,15 @@ def test_notebook_executes(fashion_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    streams = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
+    text = "".join(o.text for o in streams)
+    # Quiet for a newcomer: no TensorFlow logging (C++ start-up lines, "INFO:tensorflow:"), no Python warnings.
+    assert [o.text for o in streams if o.name == "stderr"] == [] and "INFO:" not in text, text
     assert "test accuracy of the reloaded SavedModel on all 10000 test images" in text
     assert (tmp_path / "saved_model" / "saved_model.pb").exists()
+    # Step by step, LiteRT and ONNX each agree with the SavedModel (CI installs the export extra).
+    gaps = dict(re.findall(r"^(step by step|LiteRT|ONNX)\b.*largest difference from \S+ .*?([-+.e\d]+)$", text, re.M))
+    assert set(gaps) == {"step by step", "LiteRT", "ONNX"}, text
+    assert all(float(gap) < 1e-5 for gap in gaps.values()), gaps
+    assert (tmp_path / "deploy" / "model.tflite").exists() and (tmp_path / "deploy" / "model.onnx").exists()
     assert any(list((tmp_path / "tensorboard").rglob("events.out.tfevents.*")))
