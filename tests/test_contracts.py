@@ -469,8 +469,7 @@ def test_a_resumed_run_trains_exactly_the_rest_of_its_step_budget(steps_per_epoc
 @pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "RUNNING", "IDLE"])
 def test_a_reloaded_oracle_retries_only_the_trials_that_are_not_over(status):
     trials = {"00": types.SimpleNamespace(status=status), "01": types.SimpleNamespace(status="RUNNING")}
-    oracle = types.SimpleNamespace(trials=trials, _retry_queue=["00", "01"],
-                                   _display=types.SimpleNamespace(trial_start={}, trial_number={}))
+    oracle = types.SimpleNamespace(trials=trials, _retry_queue=["00", "01"])
     tune_chief.repair_reloaded_oracle(oracle)
     over = status in ("COMPLETED", "FAILED")
     assert oracle._retry_queue == (["01"] if over else ["00", "01"])
@@ -546,6 +545,13 @@ def test_a_config_file_is_refused_in_one_line_naming_it(tmp_path, content, messa
 def test_a_config_file_holding_fields_returns_exactly_them(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"units": 8, "lr": 0.5}))
     assert config_lib.load_json(tmp_path / "c.json") == {"units": 8, "lr": 0.5}
+
+
+def test_a_config_file_from_tune_loads_without_its_trial_annotation(tmp_path):
+    """best_config.json names the trial it came from (`_trial`, not a field): `--config` takes it as it is."""
+    best = config_lib.resolve(overrides=dict(units=48, lr=0.003))
+    (tmp_path / "best_config.json").write_text(json.dumps({config_lib.TRIAL_KEY: "07", **best.to_dict()}))
+    assert config_lib.load_json(tmp_path / "best_config.json") == best.to_dict()
 
 
 def test_help_lists_every_field_as_a_flag_with_its_default_and_choices(capsys):

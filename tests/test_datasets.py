@@ -147,6 +147,15 @@ def test_memory_tasks_get_their_recipe_under_the_flags():
     assert resolve(overrides=dict(dataset="mnist")).layers == 2 and resolve().clipnorm is None
 
 
+@pytest.mark.parametrize("name", sorted(datasets.REGISTRY))
+def test_auto_mirrors_clothes_not_digits_and_an_explicit_augment_decides(name):
+    """`--augment auto` flips Fashion-MNIST's training images (a shirt mirrored is a shirt) and no other dataset's
+    (a mirrored digit is another glyph; sequences are not images); `hflip` and `none` say it themselves."""
+    entry = datasets.get(name)
+    assert entry.mirrors("auto") is (name == "fashion_mnist")
+    assert entry.mirrors("hflip") is True and entry.mirrors("none") is False
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "cifar"], r"--dataset 'cifar': choose one of: mnist, fashion_mnist, adding, copy, or a PATH.npz"),
     (["--dataset", "mnist", "--seq-len", "50"], r"--seq-len 50: only for --dataset adding or copy"),

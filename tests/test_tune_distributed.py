@@ -264,19 +264,53 @@ def test_a_trial_running_when_the_chief_died_can_still_end_at_the_restarted_chie
     finish(oracle, oracle.create_trial("worker0").trial_id)
     running = oracle.create_trial("worker0").trial_id  # The chief dies during this trial...
     again = restarted(tmp_path)
-    finish(again, running, served=True)  # ...and its worker reports to the new chief (KeyError in keras-tuner's display).
+    finish(again, running, served=True)  # ...and its worker reports to the new chief.
     assert running not in again._retry_queue  # Finished by its worker: nobody runs it again.
     assert again.trials[running].score == 0.5 and exits_in_time(again)
 
 
-def test_a_restarted_chief_keeps_the_display_numbers_of_the_trials_it_knew(tmp_path):
+def test_the_chief_prints_each_trial_start_and_end_by_id_with_the_best_so_far(tmp_path, capsys):
+    """What a chief's terminal shows: a line when a tuner starts a trial (its values), one when it ends (its score
+    and the best so far, or how it failed); nothing for the stop once max_trials are out."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    def printed() -> list[str]:
+        return capsys.readouterr().out.splitlines()
+
+    oracle = oracle_in(tmp_path, max_trials=3)
+    tuners = ["worker0", "worker1", "worker2"]
+    trials = [oracle.create_trial(tuner) for tuner in tuners]
+    lines, ids = printed(), [t.trial_id for t in trials]
+    assert len(lines) == 3, lines
+    for line, trial, tuner in zip(lines, trials, tuners):
+        found = re.fullmatch(rf"trial {trial.trial_id} started on {tuner}: lr=(\S+)", line)
+        assert found and float(found.group(1)) == pytest.approx(trial.hyperparameters.values["lr"], rel=5e-3), line
+    finish(oracle, ids[0], accuracy=0.75)
+    assert re.fullmatch(rf"tuner worker0: trial {ids[0]} finished in \d+ s: val_accuracy 0.7500; "
+                        rf"best so far: trial {ids[0]} \(0.7500\)", *printed())
+    oracle.update_trial(ids[1], {"val_accuracy": 0.25}, step=3)  # The step reaches keras-tuner's history.
+    finish(oracle, ids[1], accuracy=0.5)  # keras-tuner's default step, 0.
+    assert re.fullmatch(rf"tuner worker1: trial {ids[1]} finished in \d+ s: val_accuracy 0.5000; "
+                        rf"best so far: trial {ids[0]} \(0.7500\)", *printed())
+    history = oracle.trials[ids[1]].metrics.get_history("val_accuracy")
+    assert sorted((o.step, float(o.value[0])) for o in history) == [(0, 0.5), (3, 0.25)]
+    failed = oracle.get_trial(ids[2])
+    failed.status, failed.message = trial_module.TrialStatus.FAILED, "ResourceExhaustedError: out of memory"
+    oracle.end_trial(failed)
+    assert re.fullmatch(rf"tuner worker2: trial {ids[2]} failed in \d+ s: ResourceExhaustedError: out of memory",
+                        *printed())
+    assert oracle.create_trial("worker0").status == "STOPPED" and printed() == []
+
+
+def test_a_trial_that_ends_at_a_restarted_chief_is_reported_without_its_start(tmp_path, capsys):
     oracle = oracle_in(tmp_path)
-    for _ in range(2):
-        finish(oracle, oracle.create_trial("worker0").trial_id)
-    numbers = dict(oracle._display.trial_number)
+    running = oracle.create_trial("worker0").trial_id
     again = restarted(tmp_path)
-    assert {k: again._display.trial_number[k] for k in numbers} == numbers
-    assert again._display.trial_number["unknown"] == len(again.trials)  # A trial the display never saw.
+    capsys.readouterr()
+    finish(again, running, served=True, accuracy=0.5)
+    assert capsys.readouterr().out.splitlines() == [
+        f"trial {running} finished (started before this chief): val_accuracy 0.5000; best so far: trial {running} "
+        "(0.5000)"]
 
 
 def test_a_finished_trial_is_not_run_again_after_a_chief_restart(tmp_path):

@@ -3,11 +3,11 @@
 keras-tuner serves the oracle itself (`Tuner.search` on the chief); what it gets wrong after a restart (1.4) is
 repaired in an oracle subclass (`restart_safe`):
 
-- `reload`: the display's per-trial start times and numbers are saved *before* a new trial is recorded, so a trial
-  that was running when the chief died is missing from them, and its worker's `end_trial` then raises `KeyError`
-  in the display. And `end_trial` saves the oracle *before* it removes the trial from the ongoing ones, so the
-  last trial each worker finished is on disk as still running and `reload` queues it to run again: a trial whose
-  own status says it is over (completed or failed) leaves the retry queue.
+- `reload`: `end_trial` saves the oracle *before* it removes the trial from the ongoing ones, so the last trial
+  each worker finished is on disk as still running and `reload` queues it to run again: a trial whose own status
+  says it is over (completed or failed) leaves the retry queue. (keras-tuner's display, whose saved state misses
+  a trial that was running when the chief died, would raise `KeyError` at its end; it stays silent here, verbose
+  0, so it reads nothing: the oracle prints its own lines by trial id.)
 - `end_trial`: a trial that was running when the chief restarted went back to the retry queue; its worker
   finished it, so it leaves the queue.
 - Every synchronized call (`create_trial`, `update_trial`, `end_trial`): `keras_tuner.synchronized` releases the
@@ -18,14 +18,12 @@ repaired in an oracle subclass (`restart_safe`):
 
 from __future__ import annotations
 
-import collections
-import datetime
 import socket
 import time
 
 from tf_rnn.cli import RunError
 
-# The repairs read the oracle's display and retry queue as keras-tuner 1.4 keeps them (pyproject pins <1.5).
+# The repairs read the oracle's retry queue and display setting as keras-tuner 1.4 keeps them (pyproject pins <1.5).
 KERAS_TUNER_SERIES = "1.4."
 OVER = ("COMPLETED", "FAILED")  # keras_tuner TrialStatus values of a trial that must not run again.
 
@@ -40,10 +38,7 @@ def check_keras_tuner() -> None:
 
 
 def repair_reloaded_oracle(oracle) -> None:
-    """The `reload` repairs (module docstring) on an oracle whose state was just read from its `oracle.json`."""
-    display = oracle._display
-    display.trial_start = collections.defaultdict(datetime.datetime.now, display.trial_start)
-    display.trial_number = collections.defaultdict(lambda: len(oracle.trials), display.trial_number)
+    """The `reload` repair (module docstring) on an oracle whose state was just read from its `oracle.json`."""
     oracle._retry_queue = [t for t in oracle._retry_queue if oracle.trials[t].status not in OVER]
 
 
@@ -118,14 +113,16 @@ def restart_safe(oracle_class):
             return outcome
 
         def _ended(self, trial) -> str:
-            tuner_id, start = self._started.pop(trial.trial_id, ("a tuner", None))
-            took = "" if start is None else f" in {time.monotonic() - start:.0f} s"
+            # A trial this chief did not see start began before a restart: its tuner and start time died with
+            # the last chief (the worker does not send them again).
+            tuner_id, start = self._started.pop(trial.trial_id, (None, None))
+            who = "" if tuner_id is None else f"tuner {tuner_id}: "
+            took = " (started before this chief)" if start is None else f" in {time.monotonic() - start:.0f} s"
             if trial.status != "COMPLETED" or trial.score is None:
-                return f"tuner {tuner_id}: trial {trial.trial_id} {str(trial.status).lower()}{took}: {trial.message}"
+                return f"{who}trial {trial.trial_id} {str(trial.status).lower()}{took}: {trial.message}"
             best = self.get_best_trials(1)
             best = f"; best so far: trial {best[0].trial_id} ({best[0].score:.4f})" if best else ""
-            return (f"tuner {tuner_id}: trial {trial.trial_id} finished{took}: {self.objective.name} "
-                    f"{trial.score:.4f}{best}")
+            return f"{who}trial {trial.trial_id} finished{took}: {self.objective.name} {trial.score:.4f}{best}"
 
     RestartSafe.__name__ = RestartSafe.__qualname__ = f"RestartSafe{oracle_class.__name__}"
     return RestartSafe
