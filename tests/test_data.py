@@ -10,6 +10,7 @@ import pytest
 from support import idx_bytes, synthetic_arrays, write_idx_dir
 from tf_rnn import datasets, mnist_files, pipeline
 from tf_rnn.arrays import DataError
+from tf_rnn.config import resolve
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +51,16 @@ def test_lookup_order_data_dir_env_cache_system_download(isolated_data_env, monk
 
 def test_loaded_arrays_match_what_was_written(isolated_data_env):
     arrays = synthetic_arrays(seed=3)
-    got = datasets.load_images("mnist", data_dir=write_idx_dir(isolated_data_env / "d", arrays), download=False)
-    for a, b in zip(arrays[:4], got[:4]):
+    folder = write_idx_dir(isolated_data_env / "d", arrays)
+    got = datasets.load_images("mnist", data_dir=folder, download=False)
+    # What train and tune call: the dataset's entry loads, checks and describes the same arrays.
+    loaded, spec = datasets.load(resolve(overrides=dict(dataset="mnist", data_dir=str(folder))))
+    for a, b, c in zip(arrays[:4], got[:4], loaded[:4]):
         np.testing.assert_array_equal(a, b)
-    assert got.x_train.dtype == np.uint8 and got.x_train.shape == (600, 28, 28)
-    assert got.y_test.dtype == np.int64
+        np.testing.assert_array_equal(a, c)
+    assert got.x_train.dtype == loaded.x_train.dtype == np.uint8 and got.x_train.shape == (600, 28, 28)
+    assert got.y_test.dtype == loaded.y_test.dtype == np.int64
+    assert spec.image and spec.input_shape == (28, 28) and spec.class_names == tuple("0123456789")
 
 
 def test_nothing_found_lists_every_place_and_fails_fast(isolated_data_env):
