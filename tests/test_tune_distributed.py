@@ -215,7 +215,7 @@ def oracle_in(directory, max_trials=3):
     from tf_rnn import tune_chief
 
     oracle_class = tune_chief.restart_safe(kt.oracles.RandomSearchOracle)
-    oracle = oracle_class(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=0)
+    oracle = oracle_class(kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=0)  # As make_tuner.
     oracle.hyperparameters.Float("lr", 1e-4, 1e-2, sampling="log")
     oracle._set_project_dir(str(directory), "search")
     return oracle
@@ -286,18 +286,19 @@ def test_the_chief_prints_each_trial_start_and_end_by_id_with_the_best_so_far(tm
         found = re.fullmatch(rf"trial {trial.trial_id} started on {tuner}: lr=(\S+)", line)
         assert found and float(found.group(1)) == pytest.approx(trial.hyperparameters.values["lr"], rel=5e-3), line
     finish(oracle, ids[0], accuracy=0.75)
-    assert re.fullmatch(rf"tuner worker0: trial {ids[0]} finished in \d+ s: val_accuracy 0.7500; "
+    assert re.fullmatch(rf"tuner worker0: trial {ids[0]} finished in \d s: val_accuracy 0.7500; "
                         rf"best so far: trial {ids[0]} \(0.7500\)", *printed())
     oracle.update_trial(ids[1], {"val_accuracy": 0.25}, step=3)  # The step reaches keras-tuner's history.
     finish(oracle, ids[1], accuracy=0.5)  # keras-tuner's default step, 0.
-    assert re.fullmatch(rf"tuner worker1: trial {ids[1]} finished in \d+ s: val_accuracy 0.5000; "
+    assert re.fullmatch(rf"tuner worker1: trial {ids[1]} finished in \d s: val_accuracy 0.5000; "
                         rf"best so far: trial {ids[0]} \(0.7500\)", *printed())
     history = oracle.trials[ids[1]].metrics.get_history("val_accuracy")
     assert sorted((o.step, float(o.value[0])) for o in history) == [(0, 0.5), (3, 0.25)]
+    oracle.update_trial(ids[2], {"val_accuracy": 0.9})  # A score, then a crash: the line says it failed.
     failed = oracle.get_trial(ids[2])
     failed.status, failed.message = trial_module.TrialStatus.FAILED, "ResourceExhaustedError: out of memory"
     oracle.end_trial(failed)
-    assert re.fullmatch(rf"tuner worker2: trial {ids[2]} failed in \d+ s: ResourceExhaustedError: out of memory",
+    assert re.fullmatch(rf"tuner worker2: trial {ids[2]} failed in \d s: ResourceExhaustedError: out of memory",
                         *printed())
     assert oracle.create_trial("worker0").status == "STOPPED" and printed() == []
 
