@@ -136,6 +136,7 @@ BUGS = [
  ("chief drops update_trial's step", "tf_rnn/tune_chief.py", 'return self._call("update_trial", trial_id, metrics, step=step)', 'return self._call("update_trial", trial_id, metrics)', "tests/test_tune_distributed.py -k prints_each"),
  ("--augment auto mirrors every image dataset", "tf_rnn/datasets.py", 'return (self.augment if augment == "auto" else augment) == "hflip"', 'return augment == "hflip" or (augment == "auto" and self.image)', "tests/test_datasets.py -k auto_mirrors"),
  ("best_config.json's _trial refused by --config", "tf_rnn/config.py", "    values.pop(TRIAL_KEY, None)\n", "", "tests/test_contracts.py -k trial_annotation"),
+ ("a workdir's missing parents not created", "tf_rnn/workdir.py", "    workdir.mkdir(parents=True, exist_ok=True)\n", "    workdir.mkdir(exist_ok=True)\n", "tests/test_tasks.py -k new_workdir"),
 ]
 
 

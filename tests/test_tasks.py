@@ -220,12 +220,13 @@ def test_the_base_task_names_every_method_a_new_kind_must_write():
 
 def test_a_new_workdir_gets_the_config_and_a_finished_one_is_never_reused(tmp_path):
     config = resolve(overrides={"units": 8})
-    workdir.prepare(config, tmp_path / "w")
-    assert json.loads((tmp_path / "w" / "config.json").read_text()) == config.to_dict()
-    workdir.prepare(config, tmp_path / "w")  # An unfinished run of the same config: resumable.
-    (tmp_path / "w" / "metrics.json").write_text("{}")
-    with pytest.raises(RunError, match=r"--workdir .*w holds a finished run \(metrics.json exists\); choose a new"):
-        workdir.prepare(config, tmp_path / "w")
+    w = tmp_path / "runs" / "fashion"  # The README's --workdir runs/fashion in a fresh clone: no runs/ yet.
+    workdir.prepare(config, w)
+    assert json.loads((w / "config.json").read_text()) == config.to_dict()
+    workdir.prepare(config, w)  # An unfinished run of the same config: resumable.
+    (w / "metrics.json").write_text("{}")
+    with pytest.raises(RunError, match=r"--workdir .*fashion holds a finished run \(metrics.json exists\); choose a "):
+        workdir.prepare(config, w)
 
 
 def test_a_workdir_of_another_config_is_refused_naming_the_fields_but_not_for_speed_or_place(tmp_path):
