@@ -259,14 +259,19 @@ def exits_in_time(oracle, seconds=10) -> bool:
     return bool(result)
 
 
-def test_a_trial_running_when_the_chief_died_can_still_end_at_the_restarted_chief(tmp_path):
+def test_a_trial_running_when_the_chief_died_can_still_end_at_the_restarted_chief(tmp_path, capsys):
     oracle = oracle_in(tmp_path)
-    finish(oracle, oracle.create_trial("worker0").trial_id)
+    finish(oracle, oracle.create_trial("worker0").trial_id, accuracy=0.25)
     running = oracle.create_trial("worker0").trial_id  # The chief dies during this trial...
     again = restarted(tmp_path)
+    capsys.readouterr()
     finish(again, running, served=True)  # ...and its worker reports to the new chief.
     assert running not in again._retry_queue  # Finished by its worker: nobody runs it again.
     assert again.trials[running].score == 0.5 and exits_in_time(again)
+    # Reported without the tuner and start time that died with the last chief.
+    assert capsys.readouterr().out.splitlines() == [
+        f"trial {running} finished (started before this chief): val_accuracy 0.5000; best so far: trial {running} "
+        "(0.5000)"]
 
 
 def test_the_chief_prints_each_trial_start_and_end_by_id_with_the_best_so_far(tmp_path, capsys):
@@ -301,17 +306,6 @@ def test_the_chief_prints_each_trial_start_and_end_by_id_with_the_best_so_far(tm
     assert re.fullmatch(rf"tuner worker2: trial {ids[2]} failed in \d s: ResourceExhaustedError: out of memory",
                         *printed())
     assert oracle.create_trial("worker0").status == "STOPPED" and printed() == []
-
-
-def test_a_trial_that_ends_at_a_restarted_chief_is_reported_without_its_start(tmp_path, capsys):
-    oracle = oracle_in(tmp_path)
-    running = oracle.create_trial("worker0").trial_id
-    again = restarted(tmp_path)
-    capsys.readouterr()
-    finish(again, running, served=True, accuracy=0.5)
-    assert capsys.readouterr().out.splitlines() == [
-        f"trial {running} finished (started before this chief): val_accuracy 0.5000; best so far: trial {running} "
-        "(0.5000)"]
 
 
 def test_a_finished_trial_is_not_run_again_after_a_chief_restart(tmp_path):

@@ -113,11 +113,11 @@ def restart_safe(oracle_class):
             return outcome
 
         def _ended(self, trial) -> str:
-            # A trial this chief did not see start began before a restart: its tuner and start time died with
-            # the last chief (the worker does not send them again).
-            tuner_id, start = self._started.pop(trial.trial_id, (None, None))
-            who = "" if tuner_id is None else f"tuner {tuner_id}: "
-            took = " (started before this chief)" if start is None else f" in {time.monotonic() - start:.0f} s"
+            started = self._started.pop(trial.trial_id, None)
+            if started is None:  # Started before a restart: its tuner and start time died with the last chief.
+                who, took = "", " (started before this chief)"
+            else:
+                who, took = f"tuner {started[0]}: ", f" in {time.monotonic() - started[1]:.0f} s"
             if trial.status != "COMPLETED" or trial.score is None:
                 return f"{who}trial {trial.trial_id} {str(trial.status).lower()}{took}: {trial.message}"
             best = self.get_best_trials(1)
