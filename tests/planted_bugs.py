@@ -137,6 +137,12 @@ BUGS = [
  ("--augment auto mirrors every image dataset", "tf_rnn/datasets.py", 'return (self.augment if augment == "auto" else augment) == "hflip"', 'return augment == "hflip" or (augment == "auto" and self.image)', "tests/test_datasets.py -k auto_mirrors"),
  ("best_config.json's _trial refused by --config", "tf_rnn/config.py", "    values.pop(TRIAL_KEY, None)\n", "", "tests/test_contracts.py -k trial_annotation"),
  ("a workdir's missing parents not created", "tf_rnn/workdir.py", "    workdir.mkdir(parents=True, exist_ok=True)\n", "    workdir.mkdir(exist_ok=True)\n", "tests/test_tasks.py -k new_workdir"),
+ ("README keeps a stale train time after a re-run", "README.md", "| **0.9026** | 478 s |", "| **0.9026** | 613 s |", "tests/test_results.py -k results_table"),
+ ("README keeps a stale ratio to PyTorch", "README.md", "| LSTM(128) | **1.26×** |", "| LSTM(128) | **1.43×** |", "tests/test_results.py -k performance_table"),
+ ("README's adding medians not the file's", "README.md", "after a median of 600 steps (600–904)", "after a median of 604 steps (600–904)", "tests/test_results.py -k adding_sentence"),
+ ("README's latency not the file's", "README.md", "| ONNX Runtime 1.31 | 0.36 / 0.46 ms |", "| ONNX Runtime 1.31 | 0.36 / 0.64 ms |", "tests/test_results.py -k deployment_table"),
+ ("a result file nobody describes", "benchmarks/README.md", "| `legacy_port_fashion_mnist.json` |", "| the TF1 port's run |", "tests/test_results.py -k how_it_was_written"),
+ ("README names another CPU than the file's", "README.md", "| AMD EPYC, AVX2 | `train_throughput.json` |", "| Intel Xeon, AVX-512 | `train_throughput.json` |", "tests/test_results.py -k performance_table"),
 ]
 
 
