@@ -127,3 +127,50 @@ def test_the_error_line_names_the_command_as_the_user_ran_it(monkeypatch, capsys
     with pytest.raises(SystemExit) as e:
         cli.fail("  ")
     assert e.value.code == 2 and capsys.readouterr().err == "tf_rnn: error: unknown error\n"
+
+
+# A CLI whose output goes on and on (predict over a whole IDX file), or one that meets a broken pipe of its own.
+ENDLESS = """
+import sys
+import time
+from tf_rnn import cli
+
+@cli.entry_point()
+def main(argv):
+    if sys.argv[1] == "other":
+        raise BrokenPipeError(32, "Broken pipe (a worker's socket)")
+    if sys.argv[1] == "short":  # All its output fits the buffer; the reader has left before it is flushed.
+        print("example[0]\t3 (Dress)")
+        while not cli._stdout_reader_gone():
+            time.sleep(0.01)
+        return 0
+    for i in range(10**7):
+        print(f"example[{i}]\\t3 (Dress)")
+
+main()
+"""
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_quietly_but_another_broken_pipe_is_an_error():
+    import os
+    import subprocess
+
+    # stdout block-buffered, as a user's is into a pipe (some CI sets PYTHONUNBUFFERED): lines wait in the buffer.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    # `python -m tf_rnn.predict model.tflite t10k-images.gz | head -2`: the reader leaves after two lines.
+    with subprocess.Popen([sys.executable, "-c", ENDLESS, "stdout"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stdout.readline().startswith(b"example[0]")
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+    assert (proc.returncode, err) == (cli.PIPE_CLOSED, ""), err  # No "error:", no "Exception ignored".
+    # `predict one.png | head -0`: the pipe closes before the line, still in the buffer, is written.
+    with subprocess.Popen([sys.executable, "-c", ENDLESS, "short"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+    assert (proc.wait(timeout=120), err) == (cli.PIPE_CLOSED, ""), err
+    other = subprocess.run([sys.executable, "-c", ENDLESS, "other"], capture_output=True, text=True, timeout=120,
+                           env=env)
+    assert other.returncode == cli.RUN and other.stdout == "", other.stderr
+    assert other.stderr.count("\n") == 1 and "unexpected BrokenPipeError" in other.stderr, other.stderr

@@ -6,11 +6,13 @@ import argparse
 import contextlib
 import functools
 import os
+import select
 import sys
 import typing
 from pathlib import Path
 
 USAGE, RUN, INTERRUPTED = 2, 1, 130  # Exit codes: bad flag or config value; run or data error; Ctrl-C.
+PIPE_CLOSED = 128 + 13  # stdout's reader went away (`| head`): what coreutils exit with, killed by SIGPIPE.
 TRACEBACK_ENV = "TF_RNN_TRACEBACK"  # "1": let unexpected exceptions through with their traceback (debugging).
 
 
@@ -62,18 +64,31 @@ def fail(message: str, code: int = USAGE) -> typing.NoReturn:
     raise SystemExit(code)
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader closed it (poll says POLLERR), not some other broken pipe."""
+    try:
+        poller = select.poll()  # Not on Windows: AttributeError.
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # stdout closed, or not a file (io.UnsupportedOperation).
+        return False
+
+
 def entry_point(on_interrupt: str = "interrupted"):
     """Wraps a `main(argv) -> int` so every CLI maps errors the same way.
 
-    UsageError → exit 2; RunError → exit 1; Ctrl-C → 130 with `on_interrupt` as its line; any other exception →
-    exit 1 with one line naming it (a bug: `TF_RNN_TRACEBACK=1` shows the traceback). argparse's own exits pass.
+    UsageError → exit 2; RunError → exit 1; Ctrl-C → 130 with `on_interrupt` as its line; stdout's pipe closed by
+    its reader → 141, silently; any other exception → exit 1 with one line naming it (a bug: `TF_RNN_TRACEBACK=1`
+    shows the traceback). argparse's own exits pass.
     """
 
     def wrap(body):
         @functools.wraps(body)
         def main(argv=None) -> int:
             try:
-                return body(argv) or 0
+                code = body(argv) or 0
+                sys.stdout.flush()  # Here, not at exit: a reader gone by now is the closed pipe handled below.
+                return code
             except UsageError as e:
                 fail(str(e), USAGE)
             except RunError as e:
@@ -81,6 +96,11 @@ def entry_point(on_interrupt: str = "interrupted"):
             except KeyboardInterrupt:
                 fail(on_interrupt, INTERRUPTED)
             except Exception as e:  # noqa: BLE001 - one line instead of a raw traceback, unless asked for.
+                if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+                    # `predict ... | head` read what it wanted: end quietly. stdout goes to /dev/null first, or
+                    # Python's flush at exit writes to the closed pipe again and prints "Exception ignored".
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    raise SystemExit(PIPE_CLOSED) from None
                 if os.environ.get(TRACEBACK_ENV) == "1":
                     raise
                 fail(f"unexpected {type(e).__name__}: {e} (rerun with {TRACEBACK_ENV}=1 for the traceback)", RUN)
