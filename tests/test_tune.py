@@ -93,7 +93,7 @@ def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path, c
     config, _ = train.parse_flags(["--config", str(workdir / "best_config.json")])  # train accepts it.
     assert config.to_dict() == best
     for row in rows:  # The console names each trial by the id trials.csv and TensorBoard use.
-        assert f"trial {row['trial']} started on " in out and f": trial {row['trial']} finished" in out
+        assert f"trial {row['trial']} started on " in out and f"trial {row['trial']} finished on tuner0 in " in out
         assert f"batch_size={row['batch_size']}" in out.split(f"trial {row['trial']} started on ")[1].splitlines()[0]
     assert "Trial 1 Complete" not in out and "Running Trial #" not in out  # keras-tuner's 1-based numbering.
     metrics = json.loads((workdir / "best_run" / "metrics.json").read_text())
@@ -109,6 +109,15 @@ def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path, c
         values = summaries[row["trial"]][1]
         assert set(values) == set(TrainConfig.__dataclass_fields__)
         assert values["batch_size"] == float(row["batch_size"]) and values["cell"] == row["cell"]
+
+
+def test_a_hyperband_search_says_why_it_ran_fewer_trials_than_max_trials(tmp_path, capsys):
+    # Hyperband's brackets at max_epochs 1 hold one trial: asked for 3, the search ends after 1, and says why.
+    settings = tune.TuneConfig(**{**TINY, "tuner": "hyperband", "epochs": 1, "max_trials": 3})
+    result = tune.tune_and_evaluate(settings, tmp_path / "s", arrays=synthetic_arrays())
+    out = capsys.readouterr().out
+    assert result["finished_trials"] == 1
+    assert "1 trial (all that hyperband's brackets hold at --epochs 1: 1 of --max-trials 3); best: trial " in out, out
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):

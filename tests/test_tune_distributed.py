@@ -291,11 +291,11 @@ def test_the_chief_prints_each_trial_start_and_end_by_id_with_the_best_so_far(tm
         found = re.fullmatch(rf"trial {trial.trial_id} started on {tuner}: lr=(\S+)", line)
         assert found and float(found.group(1)) == pytest.approx(trial.hyperparameters.values["lr"], rel=5e-3), line
     finish(oracle, ids[0], accuracy=0.75)
-    assert re.fullmatch(rf"tuner worker0: trial {ids[0]} finished in \d s: val_accuracy 0.7500; "
+    assert re.fullmatch(rf"trial {ids[0]} finished on worker0 in \d s: val_accuracy 0.7500; "
                         rf"best so far: trial {ids[0]} \(0.7500\)", *printed())
     oracle.update_trial(ids[1], {"val_accuracy": 0.25}, step=3)  # The step reaches keras-tuner's history.
     finish(oracle, ids[1], accuracy=0.5)  # keras-tuner's default step, 0.
-    assert re.fullmatch(rf"tuner worker1: trial {ids[1]} finished in \d s: val_accuracy 0.5000; "
+    assert re.fullmatch(rf"trial {ids[1]} finished on worker1 in \d s: val_accuracy 0.5000; "
                         rf"best so far: trial {ids[0]} \(0.7500\)", *printed())
     history = oracle.trials[ids[1]].metrics.get_history("val_accuracy")
     assert sorted((o.step, float(o.value[0])) for o in history) == [(0, 0.5), (3, 0.25)]
@@ -303,7 +303,7 @@ def test_the_chief_prints_each_trial_start_and_end_by_id_with_the_best_so_far(tm
     failed = oracle.get_trial(ids[2])
     failed.status, failed.message = trial_module.TrialStatus.FAILED, "ResourceExhaustedError: out of memory"
     oracle.end_trial(failed)
-    assert re.fullmatch(rf"tuner worker2: trial {ids[2]} failed in \d s: ResourceExhaustedError: out of memory",
+    assert re.fullmatch(rf"trial {ids[2]} failed on worker2 in \d s: ResourceExhaustedError: out of memory",
                         *printed())
     assert oracle.create_trial("worker0").status == "STOPPED" and printed() == []
 

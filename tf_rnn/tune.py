@@ -474,7 +474,11 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
     )
     # `_trial`: which trial this is (an annotation `--config` skips), by the id the console and TensorBoard use.
     write_json(workdir / "best_config.json", {config_lib.TRIAL_KEY: rows[0]["trial"], **best.to_dict()})
-    print(f"{cli.plural(len(rows), 'trial')}; best: trial {rows[0]['trial']} ({monitor} {rows[0][monitor]:.4f}); "
+    ran = len(tuner.oracle.trials)
+    # Hyperband ends when its brackets do (--max-trials only caps them): say why a search ran fewer than asked.
+    why = (f" (all that hyperband's brackets hold at --epochs {tune.epochs}: {ran} of --max-trials {tune.max_trials})"
+           if tune.tuner == "hyperband" and ran < tune.max_trials else "")
+    print(f"{cli.plural(len(rows), 'trial')}{why}; best: trial {rows[0]['trial']} ({monitor} {rows[0][monitor]:.4f}); "
           f"retraining it for {cli.plural(tune.final_epochs, 'epoch')} in {workdir / 'best_run'}", flush=True)
     run_dir = workdir / "best_run"
     best = dataclasses.replace(best, data_dir=tune.data_dir)

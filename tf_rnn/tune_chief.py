@@ -115,14 +115,14 @@ def restart_safe(oracle_class):
         def _ended(self, trial) -> str:
             started = self._started.pop(trial.trial_id, None)
             if started is None:  # Started before a restart: its tuner and start time died with the last chief.
-                who, took = "", " (started before this chief)"
-            else:
-                who, took = f"tuner {started[0]}: ", f" in {time.monotonic() - started[1]:.0f} s"
+                how = " (started before this chief)"
+            else:  # The words of the started line: "trial 3 started on worker0", "... finished on worker0".
+                how = f" on {started[0]} in {time.monotonic() - started[1]:.0f} s"
             if trial.status != "COMPLETED" or trial.score is None:
-                return f"{who}trial {trial.trial_id} {str(trial.status).lower()}{took}: {trial.message}"
+                return f"trial {trial.trial_id} {str(trial.status).lower()}{how}: {trial.message}"
             best = self.get_best_trials(1)
             best = f"; best so far: trial {best[0].trial_id} ({best[0].score:.4f})" if best else ""
-            return f"{who}trial {trial.trial_id} finished{took}: {self.objective.name} {trial.score:.4f}{best}"
+            return f"trial {trial.trial_id} finished{how}: {self.objective.name} {trial.score:.4f}{best}"
 
     RestartSafe.__name__ = RestartSafe.__qualname__ = f"RestartSafe{oracle_class.__name__}"
     return RestartSafe
