@@ -174,3 +174,27 @@ def test_output_cut_short_by_a_closed_pipe_ends_quietly_but_another_broken_pipe_
                            env=env)
     assert other.returncode == cli.RUN and other.stdout == "", other.stderr
     assert other.stderr.count("\n") == 1 and "unexpected BrokenPipeError" in other.stderr, other.stderr
+
+
+def test_only_a_pipe_whose_reader_closed_counts_as_stdout_gone(tmp_path, monkeypatch):
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    with open(write_end, "w") as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        assert not cli._stdout_reader_gone()  # A reader is still there.
+        os.set_blocking(write_end, False)
+        with pytest.raises(BlockingIOError):  # ... reading slowly (`| less`): the pipe is full. Asking must not wait.
+            while True:
+                os.write(write_end, b"x" * 65536)
+        assert not cli._stdout_reader_gone()
+        os.close(read_end)
+        assert cli._stdout_reader_gone()
+    with open(tmp_path / "out.txt", "w") as file:  # A file, a terminal or a closed stream is never "gone".
+        monkeypatch.setattr(sys, "stdout", file)
+        assert not cli._stdout_reader_gone()
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # No file descriptor (a notebook, capsys).
+    assert not cli._stdout_reader_gone()
+    monkeypatch.setattr(sys, "stdout", file)  # Closed: fileno() raises ValueError.
+    assert not cli._stdout_reader_gone()
