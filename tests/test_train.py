@@ -117,6 +117,20 @@ def test_finished_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "run" / "metrics.json").read_bytes() == before
 
 
+def test_a_finished_workdir_is_refused_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    from tf_rnn import datasets
+
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    # Loading the real default dataset takes a newcomer minutes; it must not start for a run that cannot.
+    monkeypatch.setattr(datasets, "load", lambda *a: pytest.fail("the data loaded for a finished workdir"))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--workdir", str(tmp_path / "done")])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and err.count("\n") == 1 and "holds a finished run" in err
+    assert "Loaded" not in out and (tmp_path / "done" / "metrics.json").read_text() == "{}"
+
+
 def test_step_cap_and_seed_preset_budget(tmp_path):
     metrics = run(tmp_path, epochs=5, steps=20)  # 480 training images / 32 = 15 steps per epoch.
     assert metrics["steps"] == 20 and metrics["epochs"] == 2

@@ -93,6 +93,8 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
     strategy = strategy or get_strategy(config.strategy)
     chief = is_chief(strategy)
     entry = datasets_lib.get(config.dataset)
+    if chief:  # A finished or foreign workdir is refused before minutes of loading data, not after.
+        workdir_lib.check(config, workdir)
     if arrays is None:
         arrays, spec = datasets_lib.load(config, entry)
         print(f"Loaded {config.dataset} from {arrays.source}")

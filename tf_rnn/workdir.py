@@ -27,8 +27,8 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def prepare(config, workdir: Path) -> None:
-    """Creates the workdir, or checks that it holds an unfinished run of this same config; writes config.json.
+def check(config, workdir: Path) -> None:
+    """Refuses a workdir `config` cannot run in, writing nothing (train calls it before the minutes of loading data).
 
     Raises:
       RunError: the workdir holds a finished run, or a run of another config.
@@ -51,8 +51,17 @@ def prepare(config, workdir: Path) -> None:
             )
     elif (workdir / MODEL_FILE).exists():
         raise RunError(f"--workdir {workdir} holds a {MODEL_FILE} but no {CONFIG_FILE}; choose a new --workdir")
+
+
+def prepare(config, workdir: Path) -> None:
+    """Creates the workdir, or checks that it holds an unfinished run of this same config; writes config.json.
+
+    Raises:
+      RunError: the workdir holds a finished run, or a run of another config.
+    """
+    check(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(saved, config.to_dict())
+    write_json(workdir / CONFIG_FILE, config.to_dict())
 
 
 def finished_epochs_in_backup(workdir: Path) -> int | None:
