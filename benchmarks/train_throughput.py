@@ -267,6 +267,7 @@ def write_report(args, results, medians, peaks, flop) -> None:
 
     report = {
         "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
+        "cpu": machine.cpu(),  # Model and vector flags as data, as machine.write_result records them.
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "cpu": machine.cpu_name()},
         "versions": {d: version(d) for d in ("tensorflow-cpu", "tensorflow", "keras", "torch")},

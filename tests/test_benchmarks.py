@@ -30,7 +30,7 @@ def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
     assert list(rates) == (["tf_rnn", "tf_rnn_avx2"] if has512 else ["tf_rnn"]) and rates["tf_rnn"] > 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["cell"] == cell and report["contenders"]["tf_rnn"]["samples_per_s_median"] == rates["tf_rnn"]
-    assert report["machine"]["cpu"] == machine.cpu_name()
+    assert report["machine"]["cpu"] == machine.cpu_name() and report["cpu"] == machine.cpu()
     assert report["contenders"]["tf_rnn"]["products"] == ("avx512 (the CPU has avx512f)" if has512 else
                                                           "avx2 (the CPU lacks avx512f)")
     if has512:
