@@ -623,6 +623,21 @@ def test_a_run_written_before_a_field_existed_resumes(tmp_path):
     newer = config_lib.resolve(overrides={"units": 8, "label_smoothing": 0.2})
     with pytest.raises(train.RunError, match=r"another config \(label_smoothing: 0.1 -> 0.2\)"):
         workdir.prepare(newer, tmp_path / "w")
+    # The other way round: a run saved by a newer tf_rnn, with a field this one lacks, is not resumed blind to it.
+    (tmp_path / "n").mkdir()
+    (tmp_path / "n" / "config.json").write_text(json.dumps({**config.to_dict(), "warmup_steps": 100}))
+    with pytest.raises(train.RunError, match=r"another config \(warmup_steps: 100 -> None\)"):
+        workdir.prepare(config, tmp_path / "n")
+
+
+def test_a_preset_is_recorded_and_epochs_replace_its_step_budget_unless_steps_are_given():
+    """What config.json and HParams say a run was, and the seed preset's budget under --epochs (mutmut: resolve's
+    survivors, reached before only through test_train's CLI tests)."""
+    seed = config_lib.resolve("seed")
+    assert (seed.preset, seed.steps) == ("seed", config_lib.SEED_STEPS)
+    assert config_lib.resolve(file_values={"preset": "seed"}).preset == "seed"
+    assert config_lib.resolve("seed", overrides={"epochs": 4}).steps is None
+    assert config_lib.resolve("seed", overrides={"epochs": 4, "steps": 100}).steps == 100
 
 
 @pytest.mark.parametrize("dataset", ["adding", "copy"])

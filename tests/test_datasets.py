@@ -193,6 +193,17 @@ def npz(tmp_path, name="mine.npz", class_names=None, **arrays):
     return str(tmp_path / name)
 
 
+def test_an_npz_spec_is_named_by_its_path_and_numbers_unnamed_classes(tmp_path):
+    """What data_spec.json and every export carry for a user's file (mutmut: no fast test read them)."""
+    path = npz(tmp_path)  # Labels 0-2, no class_names.
+    arrays, spec = datasets.load(resolve(overrides=dict(dataset=path)))
+    assert (spec.name, spec.task, spec.class_names) == (path, "classification", ("0", "1", "2"))
+    y = np.random.default_rng(1).normal(size=(96, 2))
+    path = npz(tmp_path, "targets.npz", y_train=y, y_test=y[:32])
+    arrays, spec = datasets.load(resolve(overrides=dict(dataset=path)))
+    assert (spec.name, spec.task, spec.target_mean) == (path, "regression", tuple(y.mean(0)))
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(y_test=None), r"mine.npz: has no y_test \(it holds x_train, y_train, x_test\)"),
     (dict(x_train=np.zeros((96, 7), np.float32)), r"x_train is \[96, 7\]; expected \[N, T, F\]"),
