@@ -198,3 +198,22 @@ def test_only_a_pipe_whose_reader_closed_counts_as_stdout_gone(tmp_path, monkeyp
     assert not cli._stdout_reader_gone()
     monkeypatch.setattr(sys, "stdout", file)  # Closed: fileno() raises ValueError.
     assert not cli._stdout_reader_gone()
+
+
+def test_help_gives_each_flags_default_but_never_none():
+    """`--help`'s "(default: X)" for every flag of a field with a default; an optional field (default None) shows
+    none, not "(default: None)" (mutmut: no test read the help text)."""
+    import argparse
+    import dataclasses
+
+    from tf_rnn import config as config_lib
+
+    for cls in (config_lib.TrainConfig, tune.TuneConfig):
+        parser = argparse.ArgumentParser()
+        config_lib.add_dataclass_flags(parser, cls)
+        helps = {a.dest: a.help for a in parser._actions if a.dest != "help"}
+        assert set(helps) == {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+        for f in dataclasses.fields(cls):
+            if f.name in helps:
+                assert helps[f.name].endswith(f" (default: {f.default})") == (f.default is not None), helps[f.name]
+                assert "(default: None)" not in helps[f.name] and helps[f.name].strip()
