@@ -61,6 +61,7 @@ def test_loaded_arrays_match_what_was_written(isolated_data_env):
     assert got.x_train.dtype == loaded.x_train.dtype == np.uint8 and got.x_train.shape == (600, 28, 28)
     assert got.y_test.dtype == loaded.y_test.dtype == np.int64
     assert spec.image and spec.input_shape == (28, 28) and spec.class_names == tuple("0123456789")
+    assert got.source == loaded.source == str(folder)  # What train's "Loaded mnist from ..." line names.
 
 
 def test_nothing_found_lists_every_place_and_fails_fast(isolated_data_env):
@@ -83,6 +84,72 @@ def test_keras_download_failure_becomes_data_error(isolated_data_env, monkeypatc
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
     with pytest.raises(DataError, match="download failed: OSError: Temporary failure"):
         datasets.load_images("mnist")
+
+
+def test_a_download_is_checked_as_a_file_is_and_cannot_hang(isolated_data_env, monkeypatch):
+    """The download's arrays pass the same checks as a file's, and urllib, which has no timeout of its own, gets one
+    while it runs (a dead network would otherwise hang forever), the caller's own restored after."""
+    import socket
+
+    import keras
+
+    arrays, during = synthetic_arrays(), []
+
+    def fetched(x_train=arrays.x_train):
+        during.append(socket.getdefaulttimeout())
+        as_keras = arrays.y_train.astype(np.uint8), arrays.y_test.astype(np.uint8)  # Keras' label dtype.
+        return (x_train, as_keras[0]), (arrays.x_test, as_keras[1])
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", fetched)
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(None)  # Python's default: block forever.
+    try:
+        got = datasets.load_images("mnist")
+        assert during[0] is not None and 0 < during[0] <= 60 and socket.getdefaulttimeout() is None
+        socket.setdefaulttimeout(7.5)
+        monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: fetched(arrays.x_train.astype(np.float32)))
+        with pytest.raises(DataError) as e:
+            datasets.load_images("mnist")
+        assert socket.getdefaulttimeout() == 7.5
+    finally:
+        socket.setdefaulttimeout(before)
+    assert str(e.value).startswith("mnist not found in ") and (
+        " and download: train images are <float32>[600, 28, 28], expected <uint8>[N, 28, 28]; provide it with "
+        in str(e.value))
+    assert got.source == "download" and got.y_train.dtype == got.y_test.dtype == np.int64
+    for a, b in zip(arrays[:4], got[:4]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("split, change, message", [
+    ("train", dict(x=np.float32), "train images are <float32>[600, 28, 28], expected <uint8>[N, 28, 28]"),
+    ("test", dict(x=(200, 28, 27)), "test images are <uint8>[200, 28, 27], expected <uint8>[N, 28, 28]"),
+    ("test", dict(x=(200, 784)), "test images are <uint8>[200, 784], expected <uint8>[N, 28, 28]"),
+    ("train", dict(y=(600, 1)), "train labels have shape [600, 1], expected [600]"),
+    ("test", dict(y=(199,)), "test labels have shape [199], expected [200]"),
+])
+def test_injected_image_arrays_are_checked_word_for_word(split, change, message):
+    """The arrays a test, a download or Keras' .npz hands over: each wrong form refused, naming the split."""
+    arrays = synthetic_arrays()
+    x, y = getattr(arrays, f"x_{split}"), getattr(arrays, f"y_{split}")
+    if "x" in change:
+        x = x.astype(change["x"]) if isinstance(change["x"], type) else np.zeros(change["x"], np.uint8)
+    if "y" in change:
+        y = np.zeros(change["y"], np.int64)
+    with pytest.raises(DataError) as e:
+        mnist_files.validate_arrays(arrays._replace(**{f"x_{split}": x, f"y_{split}": y}), "given")
+    assert str(e.value) == f"given: {message}"
+    good = mnist_files.validate_arrays(arrays._replace(y_train=arrays.y_train.astype(np.uint8)), "given")
+    assert good.y_train.dtype == good.y_test.dtype == np.int64  # Keras ships uint8 labels; the model takes int64.
+
+
+def test_the_keras_cache_is_keras_own(monkeypatch, tmp_path):
+    """Where keras.utils.get_file caches: $KERAS_HOME/datasets, else ~/.keras/datasets."""
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert mnist_files.keras_cache_dir() == tmp_path / ".keras" / "datasets"
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    assert mnist_files.keras_cache_dir() == tmp_path / "kh" / "datasets"
 
 
 def test_missing_data_dir_is_an_error(isolated_data_env):
@@ -114,7 +181,8 @@ def test_truncated_raw_file_names_the_file(isolated_data_env):
 @pytest.mark.parametrize(
     "name, payload, message",
     [
-        ("train-images-idx3-ubyte", idx_bytes(np.zeros((600, 28, 28)), "labels"), "bad IDX magic number"),
+        ("train-images-idx3-ubyte", idx_bytes(np.zeros((600, 28, 28)), "labels"),
+         r"bad IDX magic number 0x00000801 \(expected 0x00000803 for images\); is this the right file\?"),
         ("train-labels-idx1-ubyte", idx_bytes(np.zeros(599), "labels"), "holds 599 labels, expected 600"),
         ("train-images-idx3-ubyte", idx_bytes(np.zeros((600, 28, 27)), "images"), "images are 28x27"),
         ("t10k-labels-idx1-ubyte", idx_bytes(np.full(200, 10), "labels"), r"label 10 out of range \[0, 10\)"),
@@ -149,7 +217,9 @@ def test_npz_form_and_its_checks(isolated_data_env):
     folder.mkdir()
     kw = dict(x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test)
     np.savez(folder / "fashion-mnist.npz", **kw)  # No published digest for this form: structure checks only.
-    np.testing.assert_array_equal(datasets.load_images("fashion_mnist", data_dir=folder).x_test, arrays.x_test)
+    got = datasets.load_images("fashion_mnist", data_dir=folder)
+    np.testing.assert_array_equal(got.x_test, arrays.x_test)
+    assert got.source == str(folder / "fashion-mnist.npz")
     np.savez(folder / "mnist.npz", **kw)  # Keras' mnist.npz has a known digest, which this copy fails.
     with pytest.raises(DataError, match="mnist.npz: checksum mismatch for mnist"):
         datasets.load_images("mnist", data_dir=folder, download=False)
