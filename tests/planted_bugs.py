@@ -157,6 +157,8 @@ BUGS = [
  ("downloaded arrays unchecked", "tf_rnn/mnist_files.py", 'return validate_arrays(Arrays(x_train, y_train, x_test, y_test, source="download"), "download")', 'return Arrays(x_train, y_train, x_test, y_test, source="download")', "tests/test_data.py -k download_is_checked"),
  ("28x27 uint8 images accepted when injected", "tf_rnn/mnist_files.py", "if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:", "if x.dtype != np.uint8 or x.ndim != 3:", "tests/test_data.py -k word_for_word"),
  ("the Keras cache looked for in the wrong folder", "tf_rnn/mnist_files.py", 'Path.home() / ".keras"', 'Path.home() / "keras"', "tests/test_data.py -k keras_own"),
+ ("MNIST's .npz unpickled", "tf_rnn/mnist_files.py", "np.load(io.BytesIO(raw), allow_pickle=False)", "np.load(io.BytesIO(raw), allow_pickle=True)", "tests/test_data.py -k pickled"),
+ ("a user's .npz unpickled", "tf_rnn/datasets.py", "np.load(path, allow_pickle=False)", "np.load(path, allow_pickle=True)", "tests/test_data.py -k pickled"),
 ]
 
 

@@ -360,3 +360,35 @@ def test_npz_with_float_labels_is_refused(isolated_data_env):
              x_test=arrays.x_test, y_test=arrays.y_test)
     with pytest.raises(DataError, match=r"labels are float64, expected integers"):
         datasets.load_images("fashion_mnist", data_dir=folder, download=False)
+
+
+UNPICKLED = []
+
+
+def _unpickled():
+    UNPICKLED.append(1)
+    return 0
+
+
+class _Payload:
+    """An object a pickle rebuilds by calling `_unpickled`: what a malicious .npz would run instead."""
+
+    def __reduce__(self):
+        return _unpickled, ()
+
+
+def test_an_npz_holding_pickled_objects_is_refused_without_running_them(isolated_data_env):
+    """np.load(allow_pickle=True) would run code from a downloaded or shared file: both .npz readers refuse it."""
+    arrays = synthetic_arrays()
+    folder = isolated_data_env / "npz"
+    folder.mkdir()
+    payload = np.array([_Payload() for _ in arrays.y_train], dtype=object)
+    np.savez(folder / "fashion-mnist.npz", x_train=arrays.x_train, y_train=payload, x_test=arrays.x_test,
+             y_test=arrays.y_test)
+    with pytest.raises(DataError, match=r"fashion-mnist.npz: not a valid dataset .npz \(.*allow_pickle=False"):
+        datasets.load_images("fashion_mnist", data_dir=folder, download=False)
+    mine = isolated_data_env / "mine.npz"
+    np.savez(mine, x_train=np.zeros((4, 3, 2)), y_train=payload[:4], x_test=np.zeros((2, 3, 2)), y_test=np.zeros(2))
+    with pytest.raises(DataError, match=r"mine.npz: not a readable .npz \(ValueError: .*allow_pickle=False"):
+        datasets.load(resolve(overrides=dict(dataset=str(mine))))
+    assert UNPICKLED == []
