@@ -128,7 +128,7 @@ def test_a_download_is_checked_as_a_file_is_and_cannot_hang(isolated_data_env, m
     ("train", dict(y=(600, 1)), "train labels have shape [600, 1], expected [600]"),
     ("test", dict(y=(199,)), "test labels have shape [199], expected [200]"),
 ])
-def test_injected_image_arrays_are_checked_word_for_word(split, change, message):
+def test_handed_over_image_arrays_are_checked_word_for_word(split, change, message):
     """The arrays a test, a download or Keras' .npz hands over: each wrong form refused, naming the split."""
     arrays = synthetic_arrays()
     x, y = getattr(arrays, f"x_{split}"), getattr(arrays, f"y_{split}")
