@@ -212,8 +212,7 @@ def test_help_gives_each_flags_default_but_never_none():
         parser = argparse.ArgumentParser()
         config_lib.add_dataclass_flags(parser, cls)
         helps = {a.dest: a.help for a in parser._actions if a.dest != "help"}
-        assert set(helps) == {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+        assert set(helps) == {f.name for f in dataclasses.fields(cls)}  # Every field is a flag.
         for f in dataclasses.fields(cls):
-            if f.name in helps:
-                assert helps[f.name].endswith(f" (default: {f.default})") == (f.default is not None), helps[f.name]
-                assert "(default: None)" not in helps[f.name] and helps[f.name].strip()
+            assert helps[f.name].endswith(f" (default: {f.default})") == (f.default is not None), helps[f.name]
+            assert helps[f.name].strip() and (f.default is not None or helps[f.name] == f.metadata["help"])

@@ -23,9 +23,9 @@ SEED_TRAINING_ITERS = 100_000
 SEED_STEPS = (SEED_TRAINING_ITERS - 1) // 128
 
 
-def flag_field(default, help: str, choices=None, flag: bool = True):
+def flag_field(default, help: str, choices=None):
     """A config field that becomes `--field-name` on the command line."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 class JobConfig:
@@ -227,12 +227,10 @@ def _typed(kind, name):
     return parse
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One `--flag-name` per field. Defaults are suppressed so that only flags the user typed override a preset."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.metadata.get("flag", True):
-            continue
         kind = _scalar(hints[f.name])
         choices = f.metadata.get("choices")
         default_note = f" (default: {f.default})" if f.default is not None else ""
