@@ -149,7 +149,7 @@ BUGS = [
  ("| head -0: the exit flush prints Exception ignored", "tf_rnn/cli.py", "                sys.stdout.flush()  # Here, not at exit: a reader gone by now is the closed pipe handled below.\n", "", "tests/test_cli.py -k closed_pipe"),
  ("hyperband's short search unexplained", "tf_rnn/tune.py", 'if tune.tuner == "hyperband" and ran < tune.max_trials else ""', 'if False else ""', "tests/test_tune.py -k fewer_trials"),
  ("chief's end line names no tuner", "tf_rnn/tune_chief.py", 'how = f" on {started[0]} in', 'how = f" in', "tests/test_tune.py tests/test_tune_distributed.py -k 'prints_each or ranked'"),
- ("finished workdir refused only after the data loads", "tf_rnn/train.py", "    if chief:  # A finished or foreign workdir is refused before minutes of loading data, not after.\n        workdir_lib.check(config, workdir)\n", "", "tests/test_train.py -k refused_before_the_data"),
+ ("finished workdir refused only after the data loads", "tf_rnn/train.py", "    if chief:  # A finished or foreign workdir is refused before the data loads (or downloads), not after.\n        workdir_lib.check(config, workdir)\n", "", "tests/test_train.py -k refused_before_the_data"),
  ("an .npz's unnamed classes all called None", "tf_rnn/datasets.py", "tuple(str(c) for c in range(count))", "tuple(str(None) for c in range(count))", "tests/test_datasets.py -k named_by_its_path"),
  ("a newer run's extra config field ignored on resume", "tf_rnn/config.py", "sorted(set(old) | set(new))", "sorted(set(old) & set(new))", "tests/test_contracts.py -k before_a_field"),
  ("the preset not recorded in the config", "tf_rnn/config.py", "values.update(PRESETS[preset], preset=preset)", "values.update(PRESETS[preset])", "tests/test_contracts.py -k preset_is_recorded"),

@@ -122,7 +122,7 @@ def test_a_finished_workdir_is_refused_before_the_data_loads(tmp_path, capsys, m
 
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "metrics.json").write_text("{}")
-    # Loading the real default dataset takes a newcomer minutes; it must not start for a run that cannot.
+    # Loading takes ~10 s from local files and a download for MNIST: neither may start for a run that cannot.
     monkeypatch.setattr(datasets, "load", lambda *a: pytest.fail("the data loaded for a finished workdir"))
     with pytest.raises(SystemExit) as e:
         train.main(["--workdir", str(tmp_path / "done")])

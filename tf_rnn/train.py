@@ -93,7 +93,7 @@ def prepare(config: TrainConfig, workdir: Path, arrays: Arrays | None = None, st
     strategy = strategy or get_strategy(config.strategy)
     chief = is_chief(strategy)
     entry = datasets_lib.get(config.dataset)
-    if chief:  # A finished or foreign workdir is refused before minutes of loading data, not after.
+    if chief:  # A finished or foreign workdir is refused before the data loads (or downloads), not after.
         workdir_lib.check(config, workdir)
     if arrays is None:
         arrays, spec = datasets_lib.load(config, entry)

@@ -28,7 +28,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def check(config, workdir: Path) -> None:
-    """Refuses a workdir `config` cannot run in, writing nothing (train calls it before the minutes of loading data).
+    """Refuses a workdir `config` cannot run in, writing nothing (train calls it before loading or downloading data).
 
     Raises:
       RunError: the workdir holds a finished run, or a run of another config.
