@@ -19,7 +19,8 @@ alternating round-robin so that a noisy neighbour hurts all of them alike (`--ce
                    installed: `pip install -e ".[bench]"`).
 
 Reported: steady-state samples/s (after `--warmup` steps), median over `--repeats`, the ratio to PyTorch, peak
-RSS of each process, and achieved GFLOP/s against a float32 matmul peak measured in the same run.
+RSS of each process, and achieved GFLOP/s against a float32 matmul peak measured in the same run (and once, bfloat16's:
+whether the CPU gives bf16 products the speed an AMX path would need).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from benchmarks import machine
 
 BATCH = 128
 CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
@@ -150,11 +153,15 @@ def run_pytorch(warmup, steps, cell):
     return _timed(step, warmup, steps)
 
 
-def matmul_peak_gflops() -> float:
-    """float32 matmul peak of this machine now, through TensorFlow (the library the LSTMs run on)."""
+def matmul_peak_gflops(dtype: str = "float32") -> float:
+    """Matmul peak of this machine now, through TensorFlow (the library the LSTMs run on).
+
+    `bfloat16`: what issue 26's `--precision bfloat16` could reach. Where oneDNN has AMX tiles it is several times
+    float32's; without them (or with the flags hidden from a VM) TensorFlow emulates it, slower than float32.
+    """
     import tensorflow as tf
 
-    a = tf.random.normal([2048, 2048])
+    a = tf.cast(tf.random.normal([2048, 2048]), dtype)
     tf.linalg.matmul(a, a).numpy()
     best = 0.0
     for _ in range(5):
@@ -173,8 +180,8 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
         rate = run_pytorch(warmup, steps, cell)
     elif name == "legacy_port":
         rate = run_legacy(warmup, steps)
-    elif name == "peak":
-        rate = matmul_peak_gflops()
+    elif name in ("peak", "peak_bfloat16"):
+        rate = matmul_peak_gflops("bfloat16" if name == "peak_bfloat16" else "float32")
     else:
         if name in ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2"):
             from tf_rnn import fused
@@ -232,10 +239,13 @@ def main(argv=None) -> int:
                 print(f"  repeat {r + 1}: {name:12s} {m['rate']:8.0f} samples/s", file=sys.stderr)
         peaks.append(measure("peak", 0, 0)["rate"])
     peak = statistics.median(peaks)
+    peak_bf16 = measure("peak_bfloat16", 0, 0)["rate"]  # Once: a property of the CPU, not a contender.
     medians = {n: statistics.median(m["rate"] for m in ms) for n, ms in results.items() if ms}
     reference = medians.get("pytorch")
     print(f"\nmatmul peak (float32, 2048², TensorFlow): {peak:.0f} GFLOP/s; GEMM bound for this model: "
           f"{peak * 1e9 / flop:,.0f} samples/s ({args.cell})")
+    print(f"matmul bfloat16 (2048², TensorFlow): {peak_bf16:.0f} GFLOP/s, {peak_bf16 / peak:.2f}× float32 "
+          f"(AMX tiles {'visible' if 'amx_bf16' in machine.cpu()['flags'] else 'not visible'} in /proc/cpuinfo)")
     print(f"{'contender':12s} {'samples/s':>10s} {'vs pytorch':>10s} {'GFLOP/s':>8s} {'of peak':>8s} {'peak RSS':>9s}")
     for name, rate in medians.items():
         ratio = f"{rate / reference:.2f}x" if reference else "n/a"
@@ -246,15 +256,13 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({n: round(v, 1) for n, v in medians.items()}, f, indent=2)
     if args.report:
-        write_report(args, results, medians, peaks, flop)
+        write_report(args, results, medians, peaks, flop, peak_bf16)
     return 0
 
 
-def write_report(args, results, medians, peaks, flop) -> None:
+def write_report(args, results, medians, peaks, flop, peak_bf16) -> None:
     import platform
     from importlib import metadata
-
-    from benchmarks import machine
 
     peak = statistics.median(peaks)
     reference = medians.get("pytorch")
@@ -274,6 +282,7 @@ def write_report(args, results, medians, peaks, flop) -> None:
         "cell": args.cell, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "matmul_peak_gflops": {"median": round(peak, 1), "repeats": [round(p, 1) for p in peaks]},
         "gemm_bound_samples_per_s": round(peak * 1e9 / flop),
+        "matmul_bfloat16_gflops": round(peak_bf16, 1),
         "contenders": {
             name: {
                 "samples_per_s_median": round(rate, 1),

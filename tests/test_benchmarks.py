@@ -31,6 +31,8 @@ def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["cell"] == cell and report["contenders"]["tf_rnn"]["samples_per_s_median"] == rates["tf_rnn"]
     assert report["machine"]["cpu"] == machine.cpu_name() and report["cpu"] == machine.cpu()
+    # bfloat16's matmul beside float32's: whether this CPU would give issue 26's bf16 path anything (AMX or not).
+    assert report["matmul_bfloat16_gflops"] > 0 and "matmul bfloat16 (2048², TensorFlow)" in out.stdout
     assert report["contenders"]["tf_rnn"]["products"] == ("avx512 (the CPU has avx512f)" if has512 else
                                                           "avx2 (the CPU lacks avx512f)")
     if has512:
