@@ -161,3 +161,58 @@ def test_litert_steps_shows_the_fused_lstm_as_one_op_and_the_gru_unrolled_over_e
     lstm, gru = json.loads(out.read_text())["rows"]
     assert lstm["fused_lstm_ops"] == 1 and gru["fused_lstm_ops"] == 0
     assert gru["ops"] > gru["steps"] > lstm["ops"] and gru["bytes"] > lstm["bytes"]
+
+
+def test_step_profile_sums_each_op_type_on_the_executor_threads_and_nothing_that_encloses_ops(tmp_path):
+    """`benchmarks.step_profile`'s reading of TensorFlow's profile: a function of two MatMuls and an Add, profiled,
+    has both op types with time, no executor or scheduling event counted as an op; `--steps 0` is refused."""
+    import tensorflow as tf
+
+    from benchmarks import step_profile
+
+    a = tf.random.normal([256, 256])
+    f = tf.function(lambda: tf.matmul(tf.matmul(a, a), a) + 1.0)
+    f()
+    tf.profiler.experimental.start(str(tmp_path))
+    for _ in range(3):
+        f().numpy()
+    tf.profiler.experimental.stop()
+    (xplane,) = tmp_path.rglob("*.xplane.pb")
+    times = step_profile.op_times(xplane)
+    assert any("MatMul" in op for op in times) and "AddV2" in times, times
+    assert all(t > 0 for t in times.values())
+    # `ExecutorState::Process` encloses every op: counted, it would read as an op type "Process" as long as them all.
+    assert not {"Process", "Start"} & set(times), times
+    with pytest.raises(SystemExit):
+        step_profile.main(["--steps", "0"])
+
+
+@pytest.mark.slow
+def test_step_profile_reports_the_fused_ops_within_the_step(fashion_dir, tmp_path):
+    """What benchmarks/README quotes from `results/step_profile_xeon.json`: the fused pair's two ops and the other
+    ops, per step, each within the step's wall time, in a file that names its CPU."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_profile", "--steps", "10", "--json",
+                          str(tmp_path / "p.json")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["cpu"] == machine.cpu() and result["steps"] == 10
+    fused_ms = result["fused_ms_per_step"]
+    if not fused.available():
+        pytest.skip("the fused kernel does not run here")
+    assert set(fused_ms) == {"TfRnnLstmForward", "TfRnnLstmBackward"} and all(v > 0 for v in fused_ms.values())
+    assert sum(fused_ms.values()) < result["wall_ms_per_step"]
+    assert 0 < result["other_ops_ms_per_step"] < result["wall_ms_per_step"]
+
+
+@pytest.mark.parametrize("name, dtype", [("peak", "float32"), ("peak_bfloat16", "bfloat16")])
+def test_throughput_peaks_multiply_in_the_dtype_they_are_reported_as(name, dtype, monkeypatch, capsys):
+    """The report's `matmul_peak_gflops` and `matmul_bfloat16_gflops` (issue 26's evidence for a bf16 path) come
+    from products in those dtypes: TensorFlow's matmul replaced by one that records its operands' dtype."""
+    import tensorflow as tf
+
+    from benchmarks import train_throughput
+
+    seen = []
+    monkeypatch.setattr(tf.linalg, "matmul", lambda a, b: seen.append(a.dtype.name) or a)
+    train_throughput.worker(name, 0, 0, "lstm")
+    assert set(seen) == {dtype} and json.loads(capsys.readouterr().out.splitlines()[-1])["name"] == name
