@@ -161,6 +161,10 @@ BUGS = [
  ("a user's .npz unpickled", "tf_rnn/datasets.py", "np.load(path, allow_pickle=False)", "np.load(path, allow_pickle=True)", "tests/test_data.py -k pickled"),
  ("step profile counts the executor's enclosing events as ops", "benchmarks/step_profile.py", 'if ":" in name and not name.startswith(NOT_OPS):', 'if ":" in name:', "tests/test_benchmarks.py -k step_profile"),
  ("bfloat16 peak measured in float32", "benchmarks/train_throughput.py", 'rate = matmul_peak_gflops("bfloat16" if name == "peak_bfloat16" else "float32")', 'rate = matmul_peak_gflops("float32")', "tests/test_benchmarks.py -k dtype_they_are_reported"),
+ ("TensorFlow's import-time log lines not filtered", "tf_rnn/__init__.py", "\nquiet.install()\n", "\npass\n", "tests/test_quiet.py -k installs_the_filter"),
+ ("absl's banner kept", "tf_rnn/quiet.py", 'if line.rstrip("\\n") == BANNER or (match and LEVELS.index(match.group(1)) < min_level):', "if match and LEVELS.index(match.group(1)) < min_level:", "tests/test_quiet.py -k held_to_its_log_level"),
+ ("import-time errors dropped at level 2", "tf_rnn/quiet.py", "LEVELS.index(match.group(1)) < min_level", "LEVELS.index(match.group(1)) <= min_level", "tests/test_quiet.py -k held_to_its_log_level"),
+ ("TensorFlow left with the filter's loader", "tf_rnn/quiet.py", "        module.__loader__ = module.__spec__.loader = self.inner  # The imported module keeps no trace of this.\n", "", "tests/test_quiet.py -k held_to_its_log_level"),
 ]
 
 

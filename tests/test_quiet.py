@@ -1,12 +1,13 @@
 """A newcomer's first minutes: every CLI answers `--help` and a bad flag before TensorFlow loads, TensorFlow's C++
-logging is off unless asked for, no GPU-only warning on a CPU, progress that tells the truth, and pipelines whose
-iterators end at once (no silent seconds after a fit or at exit)."""
+logging is off unless asked for (its import-time lines too), no GPU-only warning on a CPU, progress that tells the
+truth, and pipelines whose iterators end at once (no silent seconds after a fit or at exit)."""
 
 import json
 import os
 import re
 import subprocess
 import sys
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,59 @@ def test_package_import_turns_tensorflow_logging_off_unless_the_user_set_it():
     chatty = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert chatty.stdout.strip() == "0"
+
+
+ABSL_IMPORT_LINES = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                     "I0000 00:00:1796086314.193386    2006 port.cc:153] oneDNN custom operations are on.",
+                     "W0000 00:00:1796086314.2    2006 some.cc:7] a warning",
+                     "E0000 00:00:1796086314.3    2006 node_def_util.cc:9] an error",
+                     "not a log line"]
+
+
+@pytest.mark.parametrize("level, kept", [(2, [3, 4]), (1, [2, 3, 4]), (0, [0, 1, 2, 3, 4])])
+def test_tensorflows_import_time_lines_are_held_to_its_log_level(level, kept, tmp_path, monkeypatch, capfd):
+    """absl writes what TensorFlow logs while it is imported (oneDNN's notice on Intel CPUs) whatever
+    TF_CPP_MIN_LOG_LEVEL says; tf_rnn.quiet drops, from that import's stderr, absl's lines below the level (and its
+    banner), keeps the rest in order, and leaves the imported module as its own loader made it."""
+    from tf_rnn import quiet
+
+    written = "".join(line + "\n" for line in ABSL_IMPORT_LINES).encode()
+    (tmp_path / "noisy_library.py").write_text(f"import os\nos.write(2, {written!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "noisy_library", raising=False)
+    finder = quiet.QuietImport("noisy_library", min_level=level)
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    import noisy_library
+
+    assert capfd.readouterr().err.splitlines() == [ABSL_IMPORT_LINES[i] for i in kept]
+    assert finder not in sys.meta_path  # One shot.
+    assert type(noisy_library.__loader__) is type(noisy_library.__spec__.loader) is SourceFileLoader
+    del sys.modules["noisy_library"]
+
+
+def test_importing_tf_rnn_installs_the_filter_for_tensorflows_first_import(tmp_path):
+    """On every CPU (an AMD one prints nothing at TensorFlow's import): a stand-in `tensorflow` that writes absl's
+    banner and an INFO line at import, imported after tf_rnn in a fresh process, prints nothing; its error line does
+    print. tf_rnn's Keras registration is skipped as for a `python -m tf_rnn.X` command, so the stand-in is alone."""
+    (tmp_path / "tensorflow").mkdir()
+    written = "".join(line + "\n" for line in ABSL_IMPORT_LINES[:2] + ABSL_IMPORT_LINES[3:4]).encode()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(f"import os\nos.write(2, {written!r})\n")
+    code = ("import sys; sys.orig_argv = [sys.executable, '-m', 'tf_rnn.train']; sys.path.insert(0, sys.argv[1]); "
+            "import tf_rnn, tensorflow; print(tensorflow.__file__)")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "tensorflow" / "__init__.py"), done.stderr
+    assert done.stderr.splitlines() == [ABSL_IMPORT_LINES[3]]
+
+
+def test_importing_tf_rnn_then_tensorflow_prints_nothing():
+    """The real thing, in a fresh process: `import tf_rnn` (which imports Keras, so TensorFlow) writes no line to
+    stderr at the default level, on every CPU — on an Intel Xeon TensorFlow's own import printed four."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", "import tf_rnn, tensorflow as tf; tf.constant(1.0) + 1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
 
 
 def test_a_training_run_prints_only_lines_about_the_run(tmp_path):

@@ -6,6 +6,10 @@ import sys
 # TensorFlow's C++ start-up chatter (CPU feature guards, oneDNN notices) buries the training output; users can
 # still turn it back on by setting the variable themselves before importing tf_rnn.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# ... which absl's lines at TensorFlow's import ignore (oneDNN's notice on Intel CPUs): held to it there too.
+from tf_rnn import quiet  # noqa: E402
+
+quiet.install()
 
 
 def _main_module() -> str:
