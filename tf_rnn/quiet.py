@@ -40,23 +40,28 @@ def kept(text: str, min_level: int) -> str:
 
 @contextlib.contextmanager
 def stderr_filtered(min_level: int):
-    """Runs the block with fd 2 captured, then writes what it wrote less `kept`'s drops to `sys.stderr`."""
-    sys.stderr.flush()
+    """Runs the block with fd 2 captured, then writes what it wrote, less `kept`'s drops, back to fd 2."""
+    _flush_stderr()  # What Python's stderr holds so far goes out before, not inside, the capture.
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):  # A replaced sys.stderr (a test's, a notebook's) may not flush.
-                sys.stderr.flush()
+            _flush_stderr()
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            text = kept(capture.read().decode(errors="replace"), min_level)
-            if text:
-                sys.stderr.write(text)
-                sys.stderr.flush()
+            # Back to fd 2, not sys.stderr: where it would have gone (a notebook's sys.stderr is the cell, fd 2 the
+            # server's terminal).
+            data = kept(capture.read().decode(errors="replace"), min_level).encode()
+            while data:
+                data = data[os.write(2, data):]
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(Exception):  # None under pythonw; a replaced stream may not flush.
+        sys.stderr.flush()
 
 
 class _Loader(importlib.abc.Loader):
