@@ -2,11 +2,12 @@
 
     python -m benchmarks.step_profile [--cell lstm|gru] [--steps 100] [--json OUT]
 
-Trains the seed preset as `train_throughput`'s `tf_rnn` row does (real Fashion-MNIST, `fit`, 10 steps per
-execution), warms up, then records `--steps` steps with `tf.profiler` and sums each op's time on TensorFlow's
-executor threads. Reported per step: wall time, the fused op pair's forward and backward ops, every other op
-together, and the largest others. Why: the throughput benchmark says how fast, not where the time goes; the
-kernel's ops against the rest of the step decides whether work on the kernel or around it can pay.
+Trains the seed preset as `train_throughput`'s `tf_rnn` row does (`train_throughput.seed_model`: real
+Fashion-MNIST, `fit`, the steps per execution `python -m tf_rnn.train` uses), warms up, then records `--steps`
+steps with `tf.profiler` and sums each op's time on TensorFlow's executor threads. Reported per step: wall time,
+the fused op pair's forward and backward ops, every other op together, and the largest others. Why: the throughput
+benchmark says how fast, not where the time goes; the kernel's ops against the rest of the step decides whether
+work on the kernel or around it can pay.
 """
 
 from __future__ import annotations
@@ -43,16 +44,9 @@ def op_times(xplane: Path) -> collections.Counter:
 def profile(cell: str, steps: int) -> dict:
     import tensorflow as tf
 
-    from benchmarks.train_throughput import BATCH, _data
-    from tf_rnn import pipeline
-    from tf_rnn.config import resolve
-    from tf_rnn.models import build_model
+    from benchmarks.train_throughput import _data, seed_model
 
-    x, y = _data()
-    config = resolve("seed", overrides={"cell": cell})
-    per_call = 10
-    model = build_model(config, steps_per_execution=per_call)
-    stream = pipeline.training_stream(x, y, BATCH, seed=0)
+    model, stream, per_call = seed_model(*_data(), cell)
     steps = -(-steps // per_call) * per_call
     model.fit(x=stream, steps_per_epoch=5 * per_call, epochs=1, verbose=0)  # Compiles, builds the kernel, warms up.
     with tempfile.TemporaryDirectory() as logdir:

@@ -64,6 +64,21 @@ def _timed(step, warmup: int, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def seed_model(x, y, cell: str, one_step: bool = False):
+    """tf_rnn's seed model as `python -m tf_rnn.train` trains it → (model, endless training stream, steps per
+    execution): the steps per execution it fits to the seed preset's epoch (the 55,000 images left after
+    validation), or 1 with `one_step`. Also `benchmarks.step_profile`'s model."""
+    from tf_rnn import pipeline, train
+    from tf_rnn.config import resolve
+    from tf_rnn.models import build_model
+
+    config = resolve("seed", overrides={"cell": cell, **({"steps_per_execution": 1} if one_step else {})})
+    (x_train, _), _ = pipeline.split_validation(x, y, config.validation_split, config.seed)
+    per_call = train.execution_steps(config.steps_per_execution, math.ceil(len(x_train) / BATCH))
+    model = build_model(config, steps_per_execution=per_call)
+    return model, pipeline.training_stream(x, y, BATCH, seed=0), per_call
+
+
 def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False):
     import keras
 
@@ -75,17 +90,9 @@ def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False):
                       metrics=["accuracy"])
         fit = dict(x=x.astype("float32") / 255, y=y, batch_size=BATCH)
     else:
-        from tf_rnn import pipeline, train
-        from tf_rnn.config import resolve
-        from tf_rnn.models import build_model
-
-        config = resolve("seed", overrides={"cell": cell, **({"steps_per_execution": 1} if one_step else {})})
-        # Steps per execution as `python -m tf_rnn.train` runs the seed preset (its epoch: the 55,000 images left
-        # after validation). The epoch here only has to outlast the measurement and be a whole number of executions.
-        (x_train, _), _ = pipeline.split_validation(x, y, config.validation_split, config.seed)
-        per_call = train.execution_steps(config.steps_per_execution, math.ceil(len(x_train) / BATCH))
-        model = build_model(config, steps_per_execution=per_call)
-        fit = dict(x=pipeline.training_stream(x, y, BATCH, seed=0), steps_per_epoch=len(x) // BATCH // per_call * per_call)
+        model, stream, per_call = seed_model(x, y, cell, one_step)
+        # The epoch here only has to outlast the measurement and be a whole number of executions.
+        fit = dict(x=stream, steps_per_epoch=len(x) // BATCH // per_call * per_call)
 
     class Clock(keras.callbacks.Callback):
         """Times whole executions, from the first that ends at or after `warmup` optimizer steps to the first that
