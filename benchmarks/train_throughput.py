@@ -37,6 +37,8 @@ import time
 from benchmarks import machine
 
 BATCH = 128
+# benchmarks.kernel_ab --training: the `tf_rnn` worker trains with this compiled library instead of the cache's.
+KERNEL_LIBRARY_ENV = "TF_RNN_BENCH_KERNEL_LIBRARY"
 CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
 GATES = {"lstm": 4, "gru": 3}
 
@@ -191,7 +193,17 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
         rate = matmul_peak_gflops("bfloat16" if name == "peak_bfloat16" else "float32")
     else:
         if name in ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2"):
+            import tensorflow as tf
+
             from tf_rnn import fused
+
+            library = os.environ.get(KERNEL_LIBRARY_ENV)
+            if library:  # Loaded as fused.kernels() would load the cache's file; a bad one must not train the cache's.
+                try:
+                    fused._module, fused._tried = tf.load_op_library(library), True
+                except Exception as e:  # noqa: BLE001 - any failure: say which file and stop.
+                    raise SystemExit(f"{KERNEL_LIBRARY_ENV}={library} does not load as a kernel library: "
+                                     f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
 
             if not fused.available():  # Else this row would silently measure Keras' layer under tf_rnn's name.
                 raise SystemExit("tf_rnn.fused is unavailable here (the warning above says why)")

@@ -1,6 +1,7 @@
 """benchmarks/: the throughput harness's machine-readable forms (slow: it trains on real Fashion-MNIST); the kernel A/B."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,6 +53,24 @@ def test_kernel_ab_renames_every_op_and_names_a_bad_revision():
     assert set(re.findall(r'Name\("(\w+)"\)', tagged)) == {op.replace("TfRnn", "TfRnnOld") for op in ops}
     with pytest.raises(SystemExit, match="no-such-revision.*neither a file nor a git revision"):
         kernel_ab.source_text("no-such-revision")
+
+
+@pytest.mark.skipif(not fused.available(), reason="the fused kernel does not run on this host")
+def test_training_ab_worker_trains_with_the_library_it_is_given_not_the_cache(tmp_path):
+    """`kernel_ab --training` hands each train_throughput worker a library in an environment variable: a worker that
+    ignored it would time the cache's kernel twice and report 1.00. A file that is no library must stop the worker,
+    in one line naming it, before any data is read or any step is timed."""
+    from benchmarks import train_throughput
+
+    bogus = tmp_path / "not_a_kernel.so"
+    bogus.write_text("not a shared library")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", train_throughput.KERNEL_LIBRARY_ENV: str(bogus)}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--worker", "tf_rnn", "--warmup", "0",
+                          "--steps", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"{train_throughput.KERNEL_LIBRARY_ENV}={bogus} does not load as a kernel library: ")
+    assert "Traceback" not in out.stderr
 
 
 def test_fma_peak_reports_the_median_of_each_thread_count_and_its_scaling(tmp_path):

@@ -351,10 +351,15 @@ REGISTER_KERNEL_BUILDER(Name("TfRnnKernelIsa").Device(DEVICE_CPU), KernelIsa);
 // depend on the thread count (see the top of this file).
 constexpr int64_t kGradRows = 32;
 
-// Rows per block when nothing is summed across rows (the forward pass): one block per worker thread.
-static int64_t RowsPerThread(OpKernelContext* ctx, int64_t batch) {
+// Rows per block of the forward pass (nothing is summed across its rows, so any split gives the same bits): at most
+// kForwardRows, two of the AVX-512 register blocks (four AVX2 ones), and no more than a thread's share. One block per
+// thread was as fast when the op ran alone, but inside a training step 1.1× slower: the op lasts as long as its
+// slowest block, and another op or the input pipeline's thread taking a core for a while holds up one block; with
+// several blocks per thread the other threads take its share (benchmarks/README.md, item 15).
+constexpr int64_t kForwardRows = 2 * kRows512;
+static int64_t ForwardRows(OpKernelContext* ctx, int64_t batch) {
   const int64_t threads = std::max(1, ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads());
-  return std::max<int64_t>(kRows, (batch + threads - 1) / threads);
+  return std::min(kForwardRows, std::max<int64_t>(kRows, (batch + threads - 1) / threads));
 }
 
 // Runs fn(block index, first row, end row) on each block of `per` rows, across the worker threads; returns the
@@ -517,7 +522,7 @@ class Forward : public OpKernel {
     const float *xp = x.flat<float>().data(), *bp = bias.flat<float>().data();
     float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *tcp = tanh_c->flat<float>().data(),
           *gp = g->flat<float>().data();
-    ForRowBlocks(ctx, Bt, RowsPerThread(ctx, Bt), [&](int64_t, int64_t lo, int64_t hi) {
+    ForRowBlocks(ctx, Bt, ForwardRows(ctx, Bt), [&](int64_t, int64_t lo, int64_t hi) {
       for (int64_t t = 0; t < T; ++t) {
         float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
         for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
@@ -705,7 +710,7 @@ class GruForward : public OpKernel {
     float *w_packed, *u_packed, *q_all;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(F, G), &w_buf, &w_packed));
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(U, G), &u_buf, &u_packed));
-    const int64_t per = RowsPerThread(ctx, Bt);
+    const int64_t per = ForwardRows(ctx, Bt);
     OP_REQUIRES_OK(ctx, Scratch(ctx, Bt * G, &q_buf, &q_all));  // h_prev·U + b_rec of the current step, per row.
     const B wp = Pack(w.flat<float>().data(), F, G, G, 1, w_packed), up = Pack(u.flat<float>().data(), U, G, G, 1, u_packed);
     const float *xp = x.flat<float>().data(), *b_in = bias.flat<float>().data(), *b_rec = b_in + G;
