@@ -39,7 +39,6 @@ namespace tf_rnn {
 using namespace tensorflow;
 using Arr = Eigen::Map<Eigen::ArrayXf>;
 using CArr = Eigen::Map<const Eigen::ArrayXf>;
-static const Eigen::internal::scalar_logistic_op<float> logistic;
 
 // ---- The matrix products: c[m×n] (+)= a[m×k] · b[k×n], for the small shapes of one time step. ----------------
 //
@@ -294,6 +293,200 @@ static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, i
   }
 }
 
+// ---- The LSTM forward pass's per-row arithmetic, in either vector width. ------------------------------------------
+//
+// σ and tanh of every gate and of c are a fifth of the forward op (a timing-only build without them: 0.80 of its
+// time), and Eigen's code for them is AVX2 code here (the library is compiled for AVX2; Eigen picks its vector width
+// at compile time). So the arithmetic is written once, over a vector type: 8 floats (AVX2) or 16 (AVX-512, or two
+// AVX2 vectors in the tests' emulated build). σ and tanh are Eigen's own float algorithms (scalar_logistic_op's
+// packet path, ptanh_float with FMA), operation for operation, and a row's last lanes go through the same vector code
+// (masked loads and stores) rather than scalar code: every value is the same sequence of operations on both paths,
+// so the paths still agree bit for bit (tests/test_fused.py).
+struct Lanes8 {
+  using V = __m256;
+  static constexpr int kWidth = 8;
+  static inline __m256i Mask(int n) {  // Lanes [0, n) set.
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static inline V Load(const float* p, int n) { return n == kWidth ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, Mask(n)); }
+  static inline void Store(float* p, V x, int n) {
+    if (n == kWidth)
+      _mm256_storeu_ps(p, x);
+    else
+      _mm256_maskstore_ps(p, Mask(n), x);
+  }
+  static inline V Set(float x) { return _mm256_set1_ps(x); }
+  static inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static inline V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static inline V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static inline V Div(V a, V b) { return _mm256_div_ps(a, b); }
+  static inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline V Min(V a, V b) { return _mm256_min_ps(a, b); }
+  static inline V Max(V a, V b) { return _mm256_max_ps(a, b); }
+  static inline V Floor(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  static inline V ZeroWhereBelow(V x, V a, V lo) { return _mm256_andnot_ps(_mm256_cmp_ps(a, lo, _CMP_LT_OQ), x); }
+  static inline V Pow2(V e) {  // 2^e for integral e in [0, 255] - 127, as float bits.
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvttps_epi32(e), 23));
+  }
+};
+
+#if defined(TF_RNN_EMULATE_AVX512)
+struct Lanes16 {  // Two Lanes8 per vector: the same operation on every lane.
+  using L = Lanes8;
+  using V = V16;
+  static constexpr int kWidth = 16;
+  static inline V Load(const float* p, int n) { return LoadFirst(p, n); }
+  static inline void Store(float* p, V x, int n) { StoreFirst(p, x, n); }
+  static inline V Set(float x) { return {L::Set(x), L::Set(x)}; }
+  static inline V Add(V a, V b) { return {L::Add(a.lo, b.lo), L::Add(a.hi, b.hi)}; }
+  static inline V Sub(V a, V b) { return {L::Sub(a.lo, b.lo), L::Sub(a.hi, b.hi)}; }
+  static inline V Mul(V a, V b) { return {L::Mul(a.lo, b.lo), L::Mul(a.hi, b.hi)}; }
+  static inline V Div(V a, V b) { return {L::Div(a.lo, b.lo), L::Div(a.hi, b.hi)}; }
+  static inline V Fma(V a, V b, V c) { return {L::Fma(a.lo, b.lo, c.lo), L::Fma(a.hi, b.hi, c.hi)}; }
+  static inline V Min(V a, V b) { return {L::Min(a.lo, b.lo), L::Min(a.hi, b.hi)}; }
+  static inline V Max(V a, V b) { return {L::Max(a.lo, b.lo), L::Max(a.hi, b.hi)}; }
+  static inline V Floor(V a) { return {L::Floor(a.lo), L::Floor(a.hi)}; }
+  static inline V ZeroWhereBelow(V x, V a, V lo) {
+    return {L::ZeroWhereBelow(x.lo, a.lo, lo.lo), L::ZeroWhereBelow(x.hi, a.hi, lo.hi)};
+  }
+  static inline V Pow2(V e) { return {L::Pow2(e.lo), L::Pow2(e.hi)}; }
+};
+#else
+struct Lanes16 {
+  using V = __m512;
+  static constexpr int kWidth = 16;
+  TF_RNN_AVX512 static inline V Load(const float* p, int n) { return LoadFirst(p, n); }
+  TF_RNN_AVX512 static inline void Store(float* p, V x, int n) { StoreFirst(p, x, n); }
+  TF_RNN_AVX512 static inline V Set(float x) { return _mm512_set1_ps(x); }
+  TF_RNN_AVX512 static inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  TF_RNN_AVX512 static inline V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  TF_RNN_AVX512 static inline V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  TF_RNN_AVX512 static inline V Div(V a, V b) { return _mm512_div_ps(a, b); }
+  TF_RNN_AVX512 static inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  TF_RNN_AVX512 static inline V Min(V a, V b) { return _mm512_min_ps(a, b); }
+  TF_RNN_AVX512 static inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
+  TF_RNN_AVX512 static inline V Floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  TF_RNN_AVX512 static inline V ZeroWhereBelow(V x, V a, V lo) {
+    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~_mm512_cmp_ps_mask(a, lo, _CMP_LT_OQ)), x);
+  }
+  TF_RNN_AVX512 static inline V Pow2(V e) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvttps_epi32(e), 23)); }
+};
+#endif
+
+// σ(x) as Eigen's scalar_logistic_op<float>::packetOp: exp(x/2)² / (1 + exp(x/2)²), exp by Cephes' reduction and a
+// degree-5 polynomial; 0 below -104.
+template <class L>
+static inline __attribute__((always_inline)) typename L::V Logistic(typename L::V x0) {
+  using V = typename L::V;
+  V x = L::Mul(L::Min(x0, L::Set(16.6355324f)), L::Set(0.5f));
+  const V m = L::Floor(L::Fma(x, L::Set(1.44269504088896341f), L::Set(0.5f)));
+  V r = L::Fma(m, L::Set(-0.693359375f), x);
+  r = L::Fma(m, L::Set(2.12194440e-4f), r);
+  const V r2 = L::Mul(r, r);
+  const V even = L::Fma(r2, L::Set(4.1898667812347412109375e-2f), L::Set(0.49999141693115234375f));
+  const V odd = L::Fma(r2, L::Set(8.33471305668354034423828125e-3f), L::Set(0.16666877269744873046875f));
+  V p = L::Fma(r, odd, even);
+  p = L::Fma(r2, p, L::Add(r, L::Set(1.f)));
+  const V biased = L::Min(L::Max(L::Add(m, L::Set(127.f)), L::Set(0.f)), L::Set(255.f));
+  V e = L::Mul(p, L::Pow2(biased));
+  e = L::Mul(e, e);
+  return L::ZeroWhereBelow(L::Div(e, L::Add(L::Set(1.f), e)), x0, L::Set(-104.f));
+}
+
+// tanh(x) as Eigen's ptanh_float (its FMA constants): a [9/8] rational function of x clamped to ±8.0177.
+template <class L>
+static inline __attribute__((always_inline)) typename L::V Tanh(typename L::V x0) {
+  using V = typename L::V;
+  const V x = L::Max(L::Min(x0, L::Set(8.01773357391357422f)), L::Set(-8.01773357391357422f));
+  const V x2 = L::Mul(x, x), x3 = L::Mul(x2, x);
+  V p = L::Fma(L::Set(1.394553628e-8f), x2, L::Set(2.102733560e-5f));
+  p = L::Fma(p, x2, L::Set(3.520756727e-3f));
+  p = L::Fma(p, x2, L::Set(1.340216100e-1f));
+  V q = L::Fma(L::Set(8.015776984e-7f), x2, L::Set(3.326951409e-4f));
+  q = L::Fma(q, x2, L::Set(2.597254514e-2f));
+  q = L::Fma(q, x2, L::Set(4.673548340e-1f));
+  q = L::Fma(q, x2, L::Set(1.f));
+  return L::Div(L::Fma(x3, p, x), q);
+}
+
+// One row of one LSTM step: z [4·units] pre-activations in, activated gates out; c = i·g + f·c_prev (c_prev null at
+// the first step), tanh(c), h = o·tanh(c).
+template <class L>
+static inline __attribute__((always_inline)) void LstmRowForward(int64_t U, float* z, const float* c_prev, float* c,
+                                                                 float* tc, float* h) {
+  for (int64_t j = 0; j < U; j += L::kWidth) {
+    const int n = static_cast<int>(std::min<int64_t>(L::kWidth, U - j));
+    const auto i = Logistic<L>(L::Load(z + j, n)), f = Logistic<L>(L::Load(z + U + j, n)),
+               g = Tanh<L>(L::Load(z + 2 * U + j, n)), o = Logistic<L>(L::Load(z + 3 * U + j, n));
+    L::Store(z + j, i, n);
+    L::Store(z + U + j, f, n);
+    L::Store(z + 2 * U + j, g, n);
+    L::Store(z + 3 * U + j, o, n);
+    auto cj = L::Mul(i, g);
+    if (c_prev) cj = L::Fma(f, L::Load(c_prev + j, n), cj);
+    const auto t = Tanh<L>(cj);
+    L::Store(c + j, cj, n);
+    L::Store(tc + j, t, n);
+    L::Store(h + j, L::Mul(o, t), n);
+  }
+}
+
+// Rows [lo, hi) of step t; rows are `stride` rows apart between steps (the batch). Pointers to step t's row lo.
+struct LstmStep {
+  float *z, *c, *tc, *h;
+  const float* c_prev;  // Null at the first step.
+  int64_t rows, U;
+};
+static void LstmRowsAvx2(const LstmStep& s) {
+  for (int64_t r = 0; r < s.rows; ++r)
+    LstmRowForward<Lanes8>(s.U, s.z + r * 4 * s.U, s.c_prev ? s.c_prev + r * s.U : nullptr, s.c + r * s.U,
+                           s.tc + r * s.U, s.h + r * s.U);
+}
+TF_RNN_AVX512 static void LstmRows512(const LstmStep& s) {
+  for (int64_t r = 0; r < s.rows; ++r)
+    LstmRowForward<Lanes16>(s.U, s.z + r * 4 * s.U, s.c_prev ? s.c_prev + r * s.U : nullptr, s.c + r * s.U,
+                            s.tc + r * s.U, s.h + r * s.U);
+}
+
+// One row of one GRU step (reset_after): a [3·units] = x·W + b_in in, activated gates z, r, n out; q [3·units] =
+// h_prev·U + b_rec; q_h (kept for the backward op) = q's last third; h = z·h_prev + (1 - z)·n (h_prev null at the
+// first step).
+template <class L>
+static inline __attribute__((always_inline)) void GruRowForward(int64_t U, float* a, const float* q,
+                                                                const float* h_prev, float* q_h, float* h) {
+  for (int64_t j = 0; j < U; j += L::kWidth) {
+    const int n = static_cast<int>(std::min<int64_t>(L::kWidth, U - j));
+    const auto z = Logistic<L>(L::Add(L::Load(a + j, n), L::Load(q + j, n)));
+    const auto r = Logistic<L>(L::Add(L::Load(a + U + j, n), L::Load(q + U + j, n)));
+    const auto qh = L::Load(q + 2 * U + j, n);
+    const auto g = Tanh<L>(L::Fma(r, qh, L::Load(a + 2 * U + j, n)));
+    L::Store(a + j, z, n);
+    L::Store(a + U + j, r, n);
+    L::Store(a + 2 * U + j, g, n);
+    L::Store(q_h + j, qh, n);
+    auto hj = L::Mul(L::Sub(L::Set(1.f), z), g);
+    if (h_prev) hj = L::Fma(z, L::Load(h_prev + j, n), hj);
+    L::Store(h + j, hj, n);
+  }
+}
+
+// Rows of one GRU step, as LstmStep: a and h at step t's row lo, q at the block's first row, h_prev null at t = 0.
+struct GruStep {
+  float *a, *q_h, *h;
+  const float *q, *h_prev;
+  int64_t rows, U;
+};
+static void GruRowsAvx2(const GruStep& s) {
+  for (int64_t r = 0; r < s.rows; ++r)
+    GruRowForward<Lanes8>(s.U, s.a + r * 3 * s.U, s.q + r * 3 * s.U, s.h_prev ? s.h_prev + r * s.U : nullptr,
+                          s.q_h + r * s.U, s.h + r * s.U);
+}
+TF_RNN_AVX512 static void GruRows512(const GruStep& s) {
+  for (int64_t r = 0; r < s.rows; ++r)
+    GruRowForward<Lanes16>(s.U, s.a + r * 3 * s.U, s.q + r * 3 * s.U, s.h_prev ? s.h_prev + r * s.U : nullptr,
+                           s.q_h + r * s.U, s.h + r * s.U);
+}
+
 // Which products run, decided once per op call: the widest the CPU has, unless TF_RNN_KERNEL_ISA asks for
 // another ("avx2" on an AVX-512 CPU: the tests compare the two paths, benchmarks time them).
 enum class Isa { kAvx2, kAvx512 };
@@ -531,17 +724,13 @@ class Forward : public OpKernel {
           Gemm(isa, {xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, z, G, /*acc_in=*/true);
         else
           Gemm(isa, {xw}, hi - lo, z, G, /*acc_in=*/true);
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t row = t * Bt + b;
-          Arr zr(gp + row * G, G), co(cp + row * U, U), tc(tcp + row * U, U), ho(hp + row * U, U);
-          zr.head(2 * U) = zr.head(2 * U).unaryExpr(logistic);
-          zr.segment(2 * U, U) = zr.segment(2 * U, U).tanh();
-          zr.tail(U) = zr.tail(U).unaryExpr(logistic);
-          co = zr.head(U) * zr.segment(2 * U, U);
-          if (t) co += zr.segment(U, U) * CArr(cp + (row - Bt) * U, U);
-          tc = co.tanh();
-          ho = zr.tail(U) * tc;
-        }
+        const int64_t row = t * Bt + lo;
+        const LstmStep step{gp + row * G, cp + row * U, tcp + row * U, hp + row * U,
+                            t ? cp + (row - Bt) * U : nullptr, hi - lo, U};
+        if (isa == Isa::kAvx512)
+          LstmRows512(step);
+        else
+          LstmRowsAvx2(step);
       }
     });
   }
@@ -552,7 +741,7 @@ class Forward : public OpKernel {
 // reaching c along time (updated in place for the step before) → dz [4·units]. As Eigen array expressions it
 // was eight passes over the row, each loading its operands again.
 template <bool Outside, bool First>
-static void LstmRowBackward(int64_t U, const float* __restrict z, const float* __restrict tc,
+static inline __attribute__((always_inline)) void LstmRowBackward(int64_t U, const float* __restrict z, const float* __restrict tc,
                             const float* __restrict c_prev, const float* __restrict d_out, const float* __restrict dh,
                             float* __restrict dc, float* __restrict dz) {
   for (int64_t j = 0; j < U; ++j) {
@@ -566,6 +755,40 @@ static void LstmRowBackward(int64_t U, const float* __restrict z, const float* _
     dc[j] = dct * f;
   }
 }
+
+// A block's rows [lo, hi) of step t of the LSTM's backward arithmetic: each row's dz (LstmRowBackward), its sum into
+// the bias gradient, and its copy into the panels of dz_t the block's products read, while the row is in cache.
+// Plain loops the compiler vectorises: compiled twice, for AVX2 and (called only where the CPU has it) AVX-512, the
+// same operations on every lane (tests/test_fused.py compares the two paths bit for bit).
+struct LstmBackStep {
+  int64_t t, lo, hi, Bt, U;
+  FromOutside from_outside;
+  const float *z, *tc, *c;           // The forward op's gates, tanh(c) and c: [time, batch, ·].
+  float *dh_next, *dc, *dz, *sb, *dz_pack;  // The block's gradients along time, dz [time, batch, 4·units], bias sums.
+  int64_t pack_stride;
+};
+static inline __attribute__((always_inline)) void LstmRowsBackward(const LstmBackStep& s) {
+  const int64_t U = s.U, G = 4 * U;
+  for (int64_t b = s.lo; b < s.hi; ++b) {
+    const int64_t row = s.t * s.Bt + b;
+    const float* out = s.from_outside(b, s.t);
+    const float* c_prev = s.t ? s.c + (row - s.Bt) * U : nullptr;
+    float *dh = s.dh_next + (b - s.lo) * U, *dc = s.dc + (b - s.lo) * U, *d = s.dz + row * G;
+    if (out && s.t)
+      LstmRowBackward<true, false>(U, s.z + row * G, s.tc + row * U, c_prev, out, dh, dc, d);
+    else if (out)
+      LstmRowBackward<true, true>(U, s.z + row * G, s.tc + row * U, c_prev, out, dh, dc, d);
+    else if (s.t)
+      LstmRowBackward<false, false>(U, s.z + row * G, s.tc + row * U, c_prev, out, dh, dc, d);
+    else
+      LstmRowBackward<false, true>(U, s.z + row * G, s.tc + row * U, c_prev, out, dh, dc, d);
+    for (int64_t j = 0; j < G; ++j) s.sb[j] += d[j];
+    for (int64_t j = 0; j < G; j += kPanel)
+      std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &s.dz_pack[j / kPanel * s.pack_stride + (b - s.lo) * kPanel]);
+  }
+}
+static void LstmRowsBackwardAvx2(const LstmBackStep& s) { LstmRowsBackward(s); }
+TF_RNN_AVX512 static void LstmRowsBackward512(const LstmBackStep& s) { LstmRowsBackward(s); }
 
 class Backward : public OpKernel {
  public:
@@ -612,19 +835,12 @@ class Backward : public OpKernel {
       // share L1 cache sets and evict each other.
       const int64_t pack_stride = (m + 1) * kPanel;
       for (int64_t t = T - 1; t >= 0; --t) {
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t row = t * Bt + b;
-          const float* out = from_outside(b, t);
-          auto row_backward = out ? (t ? LstmRowBackward<true, false> : LstmRowBackward<true, true>)
-                                  : (t ? LstmRowBackward<false, false> : LstmRowBackward<false, true>);
-          row_backward(U, gp + row * G, tcp + row * U, t ? cp + (row - Bt) * U : nullptr, out,
-                       dh_next + (b - lo) * U, dc + (b - lo) * U, dzp + row * G);
-          const float* d = dzp + row * G;
-          for (int64_t j = 0; j < G; ++j) sb[j] += d[j];
-          // dz_t is the b of two products below: packed while its row is in cache.
-          for (int64_t j = 0; j < G; j += kPanel)
-            std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
-        }
+        // dz_t is the b of two products below: packed while its rows are in cache.
+        const LstmBackStep step{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb, dz_pack, pack_stride};
+        if (isa == Isa::kAvx512)
+          LstmRowsBackward512(step);
+        else
+          LstmRowsBackwardAvx2(step);
         const B dz_t{dz_pack, pack_stride, m, G};
         const float* x_t = xp + (lo * T + t) * F;  // This block's rows of step t.
         Gemm(isa, {Term{Transposed(x_t, T * F, m, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
@@ -725,17 +941,12 @@ class GruForward : public OpKernel {
         }
         Gemm(isa, {Term{A{xp + (lo * T + t) * F, T * F}, wp}}, hi - lo, a, G, /*acc_in=*/true);
         if (t) Gemm(isa, {Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, q, G, /*acc_in=*/true);
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t row = t * Bt + b;
-          Arr ar(gp + row * G, G), qr(q + (b - lo) * G, G), ho(hp + row * U, U);
-          Arr(qhp + row * U, U) = qr.tail(U);
-          ar.head(2 * U) = (ar.head(2 * U) + qr.head(2 * U)).unaryExpr(logistic);  // z, r
-          ar.tail(U) = (ar.tail(U) + ar.segment(U, U) * qr.tail(U)).tanh();         // n
-          if (t)
-            ho = ar.head(U) * CArr(hp + (row - Bt) * U, U) + (1.f - ar.head(U)) * ar.tail(U);
-          else
-            ho = (1.f - ar.head(U)) * ar.tail(U);
-        }
+        const int64_t row = t * Bt + lo;
+        const GruStep step{a, qhp + row * U, hp + row * U, q, t ? hp + (row - Bt) * U : nullptr, hi - lo, U};
+        if (isa == Isa::kAvx512)
+          GruRows512(step);
+        else
+          GruRowsAvx2(step);
       }
     });
   }
@@ -745,7 +956,7 @@ class GruForward : public OpKernel {
 // (z, r, n), q_h its h_prev·U_h + b_rec_h, dh the gradient reaching h along time (replaced by the part that goes
 // straight on to h_prev; dq·Uᵀ is added to it after) → dz, the gradient of x·W + b_in, and dq, of q, [3·units].
 template <bool Outside, bool First>
-static void GruRowBackward(int64_t U, const float* __restrict g, const float* __restrict q_h,
+static inline __attribute__((always_inline)) void GruRowBackward(int64_t U, const float* __restrict g, const float* __restrict q_h,
                            const float* __restrict h_prev, const float* __restrict d_out, float* __restrict dh,
                            float* __restrict dz, float* __restrict dq) {
   for (int64_t j = 0; j < U; ++j) {
@@ -761,6 +972,44 @@ static void GruRowBackward(int64_t U, const float* __restrict g, const float* __
     dh[j] = dhj * z;  // The direct path h_prev → h.
   }
 }
+
+// A block's rows of step t of the GRU's backward arithmetic, as LstmRowsBackward: each row's dz and dq, their sums
+// into the two bias gradients, their copies into the panels the block's products read.
+struct GruBackStep {
+  int64_t t, lo, hi, Bt, U;
+  FromOutside from_outside;
+  const float *g, *q_h, *h;  // The forward op's gates, q_h and h: [time, batch, ·].
+  float *dh_next, *dz, *dq, *sb_in, *sb_rec, *dz_pack, *dq_pack;
+  int64_t pack_stride;
+};
+static inline __attribute__((always_inline)) void GruRowsBackward(const GruBackStep& s) {
+  const int64_t U = s.U, G = 3 * U;
+  for (int64_t b = s.lo; b < s.hi; ++b) {
+    const int64_t row = s.t * s.Bt + b;
+    const float* out = s.from_outside(b, s.t);
+    const float* h_prev = s.t ? s.h + (row - s.Bt) * U : nullptr;
+    float *dh = s.dh_next + (b - s.lo) * U, *d = s.dz + row * G, *e = s.dq + (b - s.lo) * G;
+    if (out && s.t)
+      GruRowBackward<true, false>(U, s.g + row * G, s.q_h + row * U, h_prev, out, dh, d, e);
+    else if (out)
+      GruRowBackward<true, true>(U, s.g + row * G, s.q_h + row * U, h_prev, out, dh, d, e);
+    else if (s.t)
+      GruRowBackward<false, false>(U, s.g + row * G, s.q_h + row * U, h_prev, out, dh, d, e);
+    else
+      GruRowBackward<false, true>(U, s.g + row * G, s.q_h + row * U, h_prev, out, dh, d, e);
+    for (int64_t j = 0; j < G; ++j) {
+      s.sb_in[j] += d[j];
+      s.sb_rec[j] += e[j];
+    }
+    for (int64_t j = 0; j < G; j += kPanel) {
+      const int64_t cols = std::min<int64_t>(kPanel, G - j);
+      std::copy_n(d + j, cols, &s.dz_pack[j / kPanel * s.pack_stride + (b - s.lo) * kPanel]);
+      std::copy_n(e + j, cols, &s.dq_pack[j / kPanel * s.pack_stride + (b - s.lo) * kPanel]);
+    }
+  }
+}
+static void GruRowsBackwardAvx2(const GruBackStep& s) { GruRowsBackward(s); }
+TF_RNN_AVX512 static void GruRowsBackward512(const GruBackStep& s) { GruRowsBackward(s); }
 
 class GruBackward : public OpKernel {
  public:
@@ -804,24 +1053,12 @@ class GruBackward : public OpKernel {
             *dq_pack = dz_pack + pack_size, *scratch = dq_pack + pack_size;
       const int64_t m = hi - lo, pack_stride = (m + 1) * kPanel;
       for (int64_t t = T - 1; t >= 0; --t) {
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t row = t * Bt + b;
-          const float* out = from_outside(b, t);
-          auto row_backward = out ? (t ? GruRowBackward<true, false> : GruRowBackward<true, true>)
-                                  : (t ? GruRowBackward<false, false> : GruRowBackward<false, true>);
-          row_backward(U, gp + row * G, qhp + row * U, t ? hp + (row - Bt) * U : nullptr, out, dh_next + (b - lo) * U,
-                       dzp + row * G, dq + (b - lo) * G);
-          const float *d = dzp + row * G, *e = dq + (b - lo) * G;
-          for (int64_t j = 0; j < G; ++j) {
-            sb_in[j] += d[j];
-            sb_rec[j] += e[j];
-          }
-          for (int64_t j = 0; j < G; j += kPanel) {
-            const int64_t cols = std::min<int64_t>(kPanel, G - j);
-            std::copy_n(d + j, cols, &dz_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
-            std::copy_n(e + j, cols, &dq_pack[j / kPanel * pack_stride + (b - lo) * kPanel]);
-          }
-        }
+        const GruBackStep step{t, lo, hi, Bt, U, from_outside, gp, qhp, hp,
+                               dh_next, dzp, dq, sb_in, sb_rec, dz_pack, dq_pack, pack_stride};
+        if (isa == Isa::kAvx512)
+          GruRowsBackward512(step);
+        else
+          GruRowsBackwardAvx2(step);
         const float* x_t = xp + (lo * T + t) * F;  // This block's rows of step t.
         Gemm(isa, {Term{Transposed(x_t, T * F, m, F, scratch), B{dz_pack, pack_stride, m, G}}}, F, sw, G,
              /*acc_in=*/true);  // dW += x_tᵀ·dz_t
