@@ -574,12 +574,19 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
 // m rows of `width` floats, `stride` apart from `first` on (one step of a block of rows), transposed into scratch
 // as a [width × m] matrix. Read in place, the transpose's columns would be `stride` floats apart (for x here:
 // 28·28 floats), so the rows of one block of the product would compete for the same few L1 cache sets.
-static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch) {
-  const int64_t ld = m + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
+static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch, int64_t ld = 0) {
+  if (!ld) ld = m + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
   for (int64_t b = 0; b < m; ++b)
     for (int64_t w = 0; w < width; ++w) scratch[w * ld + b] = first[b * stride + w];
   return A{scratch, ld};
 }
+
+// Steps whose weight-gradient products the LSTM's backward op runs as one: k = kGradSteps · kGradRows rows instead
+// of kGradRows. Each product adds into the sums it loads (acc_in), so step after step or the steps in one pass
+// is the same chain of fused multiply-adds in the same order: the same bits, with the sums loaded and stored once
+// per kGradSteps steps instead of every step (at k = 32 that traffic held the AVX-512 block to ~80 % of its speed
+// at k = 128; benchmarks/README.md, item 15).
+constexpr int64_t kGradSteps = 4;
 
 // ---- The ops. ---------------------------------------------------------------------------------------------
 
@@ -816,9 +823,10 @@ class Backward : public OpKernel {
     float* dzp = dz->flat<float>().data();
     // Each block of rows has its own working memory: its weight-gradient sums [F + U + 1, 4·units] (added up at
     // the end, in block order), the gradients flowing back along time into its rows (into h through U, and into
-    // c), dz_t packed in panels and a transpose buffer. Sizes for a full block of kGradRows rows.
-    const int64_t sums_size = (F + U + 1) * G, max_stride = (kGradRows + 1) * kPanel,
-                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+    // c), the dz of up to kGradSteps steps packed in panels, and the transposes of those steps' x and h_prev. Sizes
+    // for a full block of kGradRows rows.
+    const int64_t sums_size = (F + U + 1) * G, max_ld = kGradSteps * kGradRows + 1,
+                  pack_size = (G + kPanel - 1) / kPanel * max_ld * kPanel, scratch_size = (F + U) * max_ld,
                   per_block = sums_size + 2 * kGradRows * U + pack_size + scratch_size;
     const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
     Tensor work_buf;
@@ -830,25 +838,31 @@ class Backward : public OpKernel {
       float *sw = mem, *su = sw + F * G, *sb = su + U * G;
       const int64_t m = hi - lo;
       float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
-            *scratch = dz_pack + pack_size;
-      // dz_t's panels are one row more than m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) they would
-      // share L1 cache sets and evict each other.
-      const int64_t pack_stride = (m + 1) * kPanel;
+            *xt = dz_pack + pack_size, *ht = xt + F * max_ld;
+      // The steps gathered for the weight gradients lie one after another along k: step t's rows at k = slot·m ...
+      // One more than a multiple of m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) the panels of dz would
+      // share L1 cache sets and evict each other; likewise the transposes' rows.
+      const int64_t ld = kGradSteps * m + 1, pack_stride = ld * kPanel;
+      int64_t slot = 0;
       for (int64_t t = T - 1; t >= 0; --t) {
         // dz_t is the b of two products below: packed while its rows are in cache.
-        const LstmBackStep step{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb, dz_pack, pack_stride};
+        const LstmBackStep step{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb,
+                                dz_pack + slot * m * kPanel, pack_stride};
         if (isa == Isa::kAvx512)
           LstmRowsBackward512(step);
         else
           LstmRowsBackwardAvx2(step);
-        const B dz_t{dz_pack, pack_stride, m, G};
-        const float* x_t = xp + (lo * T + t) * F;  // This block's rows of step t.
-        Gemm(isa, {Term{Transposed(x_t, T * F, m, F, scratch), dz_t}}, F, sw, G, /*acc_in=*/true);  // dW += x_tᵀ·dz_t
-        if (t) {
-          const float* h_prev = hp + ((t - 1) * Bt + lo) * U;
-          Gemm(isa, {Term{Transposed(h_prev, U, m, U, scratch), dz_t}}, U, su, G, /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dz_t
-          Gemm(isa, {Term{A{dzp + (t * Bt + lo) * G, G}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
+        Transposed(xp + (lo * T + t) * F, T * F, m, F, xt + slot * m, ld);  // This block's rows of x_t.
+        if (t) Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, ht + slot * m, ld);  // ... and of h_{t-1}.
+        ++slot;
+        if (slot == kGradSteps || t == 0) {
+          // dW += Σ x_sᵀ·dz_s, dU += Σ h_{s-1}ᵀ·dz_s over the gathered steps s (dU's without step 0, the last).
+          Gemm(isa, {Term{A{xt, ld}, B{dz_pack, pack_stride, slot * m, G}}}, F, sw, G, /*acc_in=*/true);
+          if (const int64_t h_slots = t ? slot : slot - 1)
+            Gemm(isa, {Term{A{ht, ld}, B{dz_pack, pack_stride, h_slots * m, G}}}, U, su, G, /*acc_in=*/true);
+          slot = 0;
         }
+        if (t) Gemm(isa, {Term{A{dzp + (t * Bt + lo) * G, G}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
       }
     });
     AddBlockSums(work, blocks, per_block, {dw, du, db});
@@ -1036,10 +1050,10 @@ class GruBackward : public OpKernel {
                 *gp = g.flat<float>().data(), *qhp = qh.flat<float>().data();
     float* dzp = dz->flat<float>().data();
     // Per block of kGradRows rows (see the LSTM's backward op): the sums [F + U + 2, 3·units] — dW, dU, d b_in,
-    // d b_rec — the gradient flowing back into h along time, dq (the gradient of q) row-major and both dz and dq
-    // packed in panels, a transpose buffer.
-    const int64_t sums_size = (F + U + 2) * G, max_stride = (kGradRows + 1) * kPanel,
-                  pack_size = (G + kPanel - 1) / kPanel * max_stride, scratch_size = std::max(F, U) * (kGradRows + 1),
+    // d b_rec — the gradient flowing back into h along time, dq (the gradient of q) row-major, and for up to
+    // kGradSteps steps both dz and dq packed in panels and the transposes of x and h_prev.
+    const int64_t sums_size = (F + U + 2) * G, max_ld = kGradSteps * kGradRows + 1,
+                  pack_size = (G + kPanel - 1) / kPanel * max_ld * kPanel, scratch_size = (F + U) * max_ld,
                   per_block = sums_size + kGradRows * U + kGradRows * G + 2 * pack_size + scratch_size;
     const int64_t nblocks = Bt * T == 0 ? 0 : (Bt + kGradRows - 1) / kGradRows;
     Tensor work_buf;
@@ -1050,24 +1064,27 @@ class GruBackward : public OpKernel {
       std::fill(mem, mem + per_block, 0.f);
       float *sw = mem, *su = sw + F * G, *sb_in = su + U * G, *sb_rec = sb_in + G;
       float *dh_next = mem + sums_size, *dq = dh_next + kGradRows * U, *dz_pack = dq + kGradRows * G,
-            *dq_pack = dz_pack + pack_size, *scratch = dq_pack + pack_size;
-      const int64_t m = hi - lo, pack_stride = (m + 1) * kPanel;
+            *dq_pack = dz_pack + pack_size, *xt = dq_pack + pack_size, *ht = xt + F * max_ld;
+      const int64_t m = hi - lo, ld = kGradSteps * m + 1, pack_stride = ld * kPanel;  // As in the LSTM's.
+      int64_t slot = 0;
       for (int64_t t = T - 1; t >= 0; --t) {
-        const GruBackStep step{t, lo, hi, Bt, U, from_outside, gp, qhp, hp,
-                               dh_next, dzp, dq, sb_in, sb_rec, dz_pack, dq_pack, pack_stride};
+        const GruBackStep step{t, lo, hi, Bt, U, from_outside, gp, qhp, hp, dh_next, dzp, dq, sb_in, sb_rec,
+                               dz_pack + slot * m * kPanel, dq_pack + slot * m * kPanel, pack_stride};
         if (isa == Isa::kAvx512)
           GruRowsBackward512(step);
         else
           GruRowsBackwardAvx2(step);
-        const float* x_t = xp + (lo * T + t) * F;  // This block's rows of step t.
-        Gemm(isa, {Term{Transposed(x_t, T * F, m, F, scratch), B{dz_pack, pack_stride, m, G}}}, F, sw, G,
-             /*acc_in=*/true);  // dW += x_tᵀ·dz_t
-        if (t) {
-          const float* h_prev = hp + ((t - 1) * Bt + lo) * U;
-          Gemm(isa, {Term{Transposed(h_prev, U, m, U, scratch), B{dq_pack, pack_stride, m, G}}}, U, su, G,
-               /*acc_in=*/true);  // dU += h_{t-1}ᵀ·dq_t
-          Gemm(isa, {Term{A{dq, G}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
+        Transposed(xp + (lo * T + t) * F, T * F, m, F, xt + slot * m, ld);  // This block's rows of x_t.
+        if (t) Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, ht + slot * m, ld);  // ... and of h_{t-1}.
+        ++slot;
+        if (slot == kGradSteps || t == 0) {
+          // dW += Σ x_sᵀ·dz_s, dU += Σ h_{s-1}ᵀ·dq_s over the gathered steps s (dU's without step 0, the last).
+          Gemm(isa, {Term{A{xt, ld}, B{dz_pack, pack_stride, slot * m, G}}}, F, sw, G, /*acc_in=*/true);
+          if (const int64_t h_slots = t ? slot : slot - 1)
+            Gemm(isa, {Term{A{ht, ld}, B{dq_pack, pack_stride, h_slots * m, G}}}, U, su, G, /*acc_in=*/true);
+          slot = 0;
         }
+        if (t) Gemm(isa, {Term{A{dq, G}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
       }
     });
     AddBlockSums(work, blocks, per_block, {dw, du, db});
