@@ -588,6 +588,31 @@ static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width
 // at k = 128; benchmarks/README.md, item 15).
 constexpr int64_t kGradSteps = 4;
 
+// A block's steps gathered for its weight gradients, in both backward ops. The steps lie one after another along k:
+// step t's m rows at k = slot·m ... in the panels of dz (and of the gradient U's product reads: dz for the LSTM, dq
+// for the GRU) and in the transposes of x and h_prev. One more than a multiple of m apart: m·64 bytes apart (a
+// multiple of 4 KiB for m = 64) the panels would share L1 cache sets and evict each other; likewise the rows of the
+// transposes.
+struct GatheredSteps {
+  int64_t m, F, U, G, ld = kGradSteps * m + 1, pack_stride = ld * kPanel, slot = 0;
+  float *xt, *ht;  // [F × ld], [U × ld]: the transposes of x_t and h_{t-1}, step after step.
+  float *sw, *su;  // The block's sums of dW [F, G] and dU [U, G].
+  int64_t Offset() const { return slot * m * kPanel; }  // Where this step's rows go in each panel.
+  // After step t's rows were packed at Offset(): gathers its x_t and h_{t-1} (rows `x_stride`, U apart; h_prev null at
+  // t = 0); when kGradSteps steps are gathered, or at t = 0, dW += Σ x_sᵀ·dz_s and dU += Σ h_{s-1}ᵀ·du_s over them
+  // (dU's without step 0, the last).
+  void Add(Isa isa, int64_t t, const float* x_t, int64_t x_stride, const float* h_prev, const float* dz_pack,
+           const float* du_pack) {
+    Transposed(x_t, x_stride, m, F, xt + slot * m, ld);
+    if (h_prev) Transposed(h_prev, U, m, U, ht + slot * m, ld);
+    if (++slot < kGradSteps && t > 0) return;
+    Gemm(isa, {Term{A{xt, ld}, B{dz_pack, pack_stride, slot * m, G}}}, F, sw, G, /*acc_in=*/true);
+    if (const int64_t h_slots = t ? slot : slot - 1)
+      Gemm(isa, {Term{A{ht, ld}, B{du_pack, pack_stride, h_slots * m, G}}}, U, su, G, /*acc_in=*/true);
+    slot = 0;
+  }
+};
+
 // ---- The ops. ---------------------------------------------------------------------------------------------
 
 // x: <float32>[batch, time, features]; kernel W: [features, 4·units]; recurrent_kernel U: [units, 4·units];
@@ -839,29 +864,17 @@ class Backward : public OpKernel {
       const int64_t m = hi - lo;
       float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
             *xt = dz_pack + pack_size, *ht = xt + F * max_ld;
-      // The steps gathered for the weight gradients lie one after another along k: step t's rows at k = slot·m ...
-      // One more than a multiple of m apart: m·64 bytes apart (a multiple of 4 KiB for m = 64) the panels of dz would
-      // share L1 cache sets and evict each other; likewise the transposes' rows.
-      const int64_t ld = kGradSteps * m + 1, pack_stride = ld * kPanel;
-      int64_t slot = 0;
+      GatheredSteps steps{m, F, U, G};
+      steps.xt = xt, steps.ht = ht, steps.sw = sw, steps.su = su;
       for (int64_t t = T - 1; t >= 0; --t) {
         // dz_t is the b of two products below: packed while its rows are in cache.
         const LstmBackStep step{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb,
-                                dz_pack + slot * m * kPanel, pack_stride};
+                                dz_pack + steps.Offset(), steps.pack_stride};
         if (isa == Isa::kAvx512)
           LstmRowsBackward512(step);
         else
           LstmRowsBackwardAvx2(step);
-        Transposed(xp + (lo * T + t) * F, T * F, m, F, xt + slot * m, ld);  // This block's rows of x_t.
-        if (t) Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, ht + slot * m, ld);  // ... and of h_{t-1}.
-        ++slot;
-        if (slot == kGradSteps || t == 0) {
-          // dW += Σ x_sᵀ·dz_s, dU += Σ h_{s-1}ᵀ·dz_s over the gathered steps s (dU's without step 0, the last).
-          Gemm(isa, {Term{A{xt, ld}, B{dz_pack, pack_stride, slot * m, G}}}, F, sw, G, /*acc_in=*/true);
-          if (const int64_t h_slots = t ? slot : slot - 1)
-            Gemm(isa, {Term{A{ht, ld}, B{dz_pack, pack_stride, h_slots * m, G}}}, U, su, G, /*acc_in=*/true);
-          slot = 0;
-        }
+        steps.Add(isa, t, xp + (lo * T + t) * F, T * F, t ? hp + ((t - 1) * Bt + lo) * U : nullptr, dz_pack, dz_pack);
         if (t) Gemm(isa, {Term{A{dzp + (t * Bt + lo) * G, G}, ut}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
       }
     });
@@ -1065,25 +1078,17 @@ class GruBackward : public OpKernel {
       float *sw = mem, *su = sw + F * G, *sb_in = su + U * G, *sb_rec = sb_in + G;
       float *dh_next = mem + sums_size, *dq = dh_next + kGradRows * U, *dz_pack = dq + kGradRows * G,
             *dq_pack = dz_pack + pack_size, *xt = dq_pack + pack_size, *ht = xt + F * max_ld;
-      const int64_t m = hi - lo, ld = kGradSteps * m + 1, pack_stride = ld * kPanel;  // As in the LSTM's.
-      int64_t slot = 0;
+      const int64_t m = hi - lo;
+      GatheredSteps steps{m, F, U, G};
+      steps.xt = xt, steps.ht = ht, steps.sw = sw, steps.su = su;
       for (int64_t t = T - 1; t >= 0; --t) {
         const GruBackStep step{t, lo, hi, Bt, U, from_outside, gp, qhp, hp, dh_next, dzp, dq, sb_in, sb_rec,
-                               dz_pack + slot * m * kPanel, dq_pack + slot * m * kPanel, pack_stride};
+                               dz_pack + steps.Offset(), dq_pack + steps.Offset(), steps.pack_stride};
         if (isa == Isa::kAvx512)
           GruRowsBackward512(step);
         else
           GruRowsBackwardAvx2(step);
-        Transposed(xp + (lo * T + t) * F, T * F, m, F, xt + slot * m, ld);  // This block's rows of x_t.
-        if (t) Transposed(hp + ((t - 1) * Bt + lo) * U, U, m, U, ht + slot * m, ld);  // ... and of h_{t-1}.
-        ++slot;
-        if (slot == kGradSteps || t == 0) {
-          // dW += Σ x_sᵀ·dz_s, dU += Σ h_{s-1}ᵀ·dq_s over the gathered steps s (dU's without step 0, the last).
-          Gemm(isa, {Term{A{xt, ld}, B{dz_pack, pack_stride, slot * m, G}}}, F, sw, G, /*acc_in=*/true);
-          if (const int64_t h_slots = t ? slot : slot - 1)
-            Gemm(isa, {Term{A{ht, ld}, B{dq_pack, pack_stride, h_slots * m, G}}}, U, su, G, /*acc_in=*/true);
-          slot = 0;
-        }
+        steps.Add(isa, t, xp + (lo * T + t) * F, T * F, t ? hp + ((t - 1) * Bt + lo) * U : nullptr, dz_pack, dq_pack);
         if (t) Gemm(isa, {Term{A{dq, G}, ut}}, m, dh_next, U, /*acc_in=*/true);  // dh_{t-1} = dh·z + dq_t·Uᵀ
       }
     });
