@@ -293,22 +293,24 @@ static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, i
   }
 }
 
-// ---- The LSTM forward pass's per-row arithmetic, in either vector width. ------------------------------------------
+// ---- The forward ops' per-row arithmetic, in either vector width. -------------------------------------------------
 //
-// σ and tanh of every gate and of c are a fifth of the forward op (a timing-only build without them: 0.80 of its
-// time), and Eigen's code for them is AVX2 code here (the library is compiled for AVX2; Eigen picks its vector width
-// at compile time). So the arithmetic is written once, over a vector type: 8 floats (AVX2) or 16 (AVX-512, or two
-// AVX2 vectors in the tests' emulated build). σ and tanh are Eigen's own float algorithms (scalar_logistic_op's
-// packet path, ptanh_float with FMA), operation for operation, and a row's last lanes go through the same vector code
-// (masked loads and stores) rather than scalar code: every value is the same sequence of operations on both paths,
-// so the paths still agree bit for bit (tests/test_fused.py).
+// The per-row arithmetic (σ and tanh of every gate and of c, the cell's update) is a fifth of the LSTM's forward op
+// (a timing-only build without it: 0.80 of its time), and Eigen's code for it is AVX2 code here (the library is
+// compiled for AVX2; Eigen picks its vector width at compile time). So the arithmetic is written once, over a vector
+// type: 8 floats (AVX2) or 16 (AVX-512, or two AVX2 vectors in the tests' emulated build). σ and tanh are Eigen's
+// own float algorithms (scalar_logistic_op's packet path, ptanh_float with FMA), operation for operation, and a
+// row's last lanes go through the same vector code (masked loads and stores) rather than scalar code: every value
+// is the same sequence of operations on both paths, so the paths still agree bit for bit (tests/test_fused.py).
 struct Lanes8 {
   using V = __m256;
   static constexpr int kWidth = 8;
   static inline __m256i Mask(int n) {  // Lanes [0, n) set.
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  static inline V Load(const float* p, int n) { return n == kWidth ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, Mask(n)); }
+  static inline V Load(const float* p, int n) {
+    return n == kWidth ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, Mask(n));
+  }
   static inline void Store(float* p, V x, int n) {
     if (n == kWidth)
       _mm256_storeu_ps(p, x);
@@ -365,7 +367,9 @@ struct Lanes16 {
   TF_RNN_AVX512 static inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   TF_RNN_AVX512 static inline V Min(V a, V b) { return _mm512_min_ps(a, b); }
   TF_RNN_AVX512 static inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
-  TF_RNN_AVX512 static inline V Floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  TF_RNN_AVX512 static inline V Floor(V a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  }
   TF_RNN_AVX512 static inline V ZeroWhereBelow(V x, V a, V lo) {
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(~_mm512_cmp_ps_mask(a, lo, _CMP_LT_OQ)), x);
   }
@@ -431,7 +435,7 @@ static inline __attribute__((always_inline)) void LstmRowForward(int64_t U, floa
   }
 }
 
-// Rows [lo, hi) of step t; rows are `stride` rows apart between steps (the batch). Pointers to step t's row lo.
+// A block's rows of one LSTM step: the pointers at step t's first row of the block; c_prev null at the first step.
 struct LstmStep {
   float *z, *c, *tc, *h;
   const float* c_prev;  // Null at the first step.
@@ -581,7 +585,7 @@ static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width
   return A{scratch, ld};
 }
 
-// Steps whose weight-gradient products the LSTM's backward op runs as one: k = kGradSteps · kGradRows rows instead
+// Steps whose weight-gradient products the backward ops run as one: k = kGradSteps · kGradRows rows instead
 // of kGradRows. Each product adds into the sums it loads (acc_in), so step after step or the steps in one pass
 // is the same chain of fused multiply-adds in the same order: the same bits, with the sums loaded and stored once
 // per kGradSteps steps instead of every step (at k = 32 that traffic held the AVX-512 block to ~80 % of its speed
@@ -773,9 +777,9 @@ class Forward : public OpKernel {
 // reaching c along time (updated in place for the step before) → dz [4·units]. As Eigen array expressions it
 // was eight passes over the row, each loading its operands again.
 template <bool Outside, bool First>
-static inline __attribute__((always_inline)) void LstmRowBackward(int64_t U, const float* __restrict z, const float* __restrict tc,
-                            const float* __restrict c_prev, const float* __restrict d_out, const float* __restrict dh,
-                            float* __restrict dc, float* __restrict dz) {
+static inline __attribute__((always_inline)) void LstmRowBackward(
+    int64_t U, const float* __restrict z, const float* __restrict tc, const float* __restrict c_prev,
+    const float* __restrict d_out, const float* __restrict dh, float* __restrict dc, float* __restrict dz) {
   for (int64_t j = 0; j < U; ++j) {
     const float i = z[j], f = z[U + j], g = z[2 * U + j], o = z[3 * U + j], t = tc[j];
     const float dhj = Outside ? dh[j] + d_out[j] : dh[j];  // h_t's whole gradient: time and outside.
@@ -816,7 +820,8 @@ static inline __attribute__((always_inline)) void LstmRowsBackward(const LstmBac
       LstmRowBackward<false, true>(U, s.z + row * G, s.tc + row * U, c_prev, out, dh, dc, d);
     for (int64_t j = 0; j < G; ++j) s.sb[j] += d[j];
     for (int64_t j = 0; j < G; j += kPanel)
-      std::copy_n(d + j, std::min<int64_t>(kPanel, G - j), &s.dz_pack[j / kPanel * s.pack_stride + (b - s.lo) * kPanel]);
+      std::copy_n(d + j, std::min<int64_t>(kPanel, G - j),
+                  &s.dz_pack[j / kPanel * s.pack_stride + (b - s.lo) * kPanel]);
   }
 }
 static void LstmRowsBackwardAvx2(const LstmBackStep& s) { LstmRowsBackward(s); }
@@ -983,9 +988,9 @@ class GruForward : public OpKernel {
 // (z, r, n), q_h its h_prev·U_h + b_rec_h, dh the gradient reaching h along time (replaced by the part that goes
 // straight on to h_prev; dq·Uᵀ is added to it after) → dz, the gradient of x·W + b_in, and dq, of q, [3·units].
 template <bool Outside, bool First>
-static inline __attribute__((always_inline)) void GruRowBackward(int64_t U, const float* __restrict g, const float* __restrict q_h,
-                           const float* __restrict h_prev, const float* __restrict d_out, float* __restrict dh,
-                           float* __restrict dz, float* __restrict dq) {
+static inline __attribute__((always_inline)) void GruRowBackward(
+    int64_t U, const float* __restrict g, const float* __restrict q_h, const float* __restrict h_prev,
+    const float* __restrict d_out, float* __restrict dh, float* __restrict dz, float* __restrict dq) {
   for (int64_t j = 0; j < U; ++j) {
     const float z = g[j], r = g[U + j], n = g[2 * U + j];
     const float dhj = Outside ? dh[j] + d_out[j] : dh[j];  // h_t's whole gradient: time and outside.
