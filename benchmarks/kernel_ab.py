@@ -155,7 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("new", help="git revision or .cc file")
     parser.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
     parser.add_argument("--rounds", type=int, help="rounds of alternation (default 30, with --training 5)")
-    parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (default 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="TensorFlow intra-op threads for the ops alone (default 2; --training: TensorFlow's own)")
     parser.add_argument("--training", action="store_true",
                         help="time training steps of the seed model with each kernel instead of the ops alone")
     parser.add_argument("--steps", type=int, default=150, help="with --training: timed steps per run (default 150)")

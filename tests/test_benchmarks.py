@@ -55,7 +55,6 @@ def test_kernel_ab_renames_every_op_and_names_a_bad_revision():
         kernel_ab.source_text("no-such-revision")
 
 
-@pytest.mark.skipif(not fused.available(), reason="the fused kernel does not run on this host")
 def test_training_ab_worker_trains_with_the_library_it_is_given_not_the_cache(tmp_path):
     """`kernel_ab --training` hands each train_throughput worker a library in an environment variable: a worker that
     ignored it would time the cache's kernel twice and report 1.00. A file that is no library must stop the worker,
