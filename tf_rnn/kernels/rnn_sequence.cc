@@ -441,16 +441,15 @@ struct LstmStep {
   const float* c_prev;  // Null at the first step.
   int64_t rows, U;
 };
-static void LstmRowsAvx2(const LstmStep& s) {
+template <class L>
+static inline __attribute__((always_inline)) void LstmRows(const LstmStep& s) {
   for (int64_t r = 0; r < s.rows; ++r)
-    LstmRowForward<Lanes8>(s.U, s.z + r * 4 * s.U, s.c_prev ? s.c_prev + r * s.U : nullptr, s.c + r * s.U,
-                           s.tc + r * s.U, s.h + r * s.U);
+    LstmRowForward<L>(s.U, s.z + r * 4 * s.U, s.c_prev ? s.c_prev + r * s.U : nullptr, s.c + r * s.U,
+                      s.tc + r * s.U, s.h + r * s.U);
 }
-TF_RNN_AVX512 static void LstmRows512(const LstmStep& s) {
-  for (int64_t r = 0; r < s.rows; ++r)
-    LstmRowForward<Lanes16>(s.U, s.z + r * 4 * s.U, s.c_prev ? s.c_prev + r * s.U : nullptr, s.c + r * s.U,
-                            s.tc + r * s.U, s.h + r * s.U);
-}
+// Compiled for each target (the template is inlined into each, with the caller's instructions).
+static void LstmRowsAvx2(const LstmStep& s) { LstmRows<Lanes8>(s); }
+TF_RNN_AVX512 static void LstmRows512(const LstmStep& s) { LstmRows<Lanes16>(s); }
 
 // One row of one GRU step (reset_after): a [3·units] = x·W + b_in in, activated gates z, r, n out; q [3·units] =
 // h_prev·U + b_rec; q_h (kept for the backward op) = q's last third; h = z·h_prev + (1 - z)·n (h_prev null at the
@@ -480,16 +479,14 @@ struct GruStep {
   const float *q, *h_prev;
   int64_t rows, U;
 };
-static void GruRowsAvx2(const GruStep& s) {
+template <class L>
+static inline __attribute__((always_inline)) void GruRows(const GruStep& s) {
   for (int64_t r = 0; r < s.rows; ++r)
-    GruRowForward<Lanes8>(s.U, s.a + r * 3 * s.U, s.q + r * 3 * s.U, s.h_prev ? s.h_prev + r * s.U : nullptr,
-                          s.q_h + r * s.U, s.h + r * s.U);
+    GruRowForward<L>(s.U, s.a + r * 3 * s.U, s.q + r * 3 * s.U, s.h_prev ? s.h_prev + r * s.U : nullptr,
+                     s.q_h + r * s.U, s.h + r * s.U);
 }
-TF_RNN_AVX512 static void GruRows512(const GruStep& s) {
-  for (int64_t r = 0; r < s.rows; ++r)
-    GruRowForward<Lanes16>(s.U, s.a + r * 3 * s.U, s.q + r * 3 * s.U, s.h_prev ? s.h_prev + r * s.U : nullptr,
-                           s.q_h + r * s.U, s.h + r * s.U);
-}
+static void GruRowsAvx2(const GruStep& s) { GruRows<Lanes8>(s); }
+TF_RNN_AVX512 static void GruRows512(const GruStep& s) { GruRows<Lanes16>(s); }
 
 // Which products run, decided once per op call: the widest the CPU has, unless TF_RNN_KERNEL_ISA asks for
 // another ("avx2" on an AVX-512 CPU: the tests compare the two paths, benchmarks time them).
@@ -576,13 +573,12 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
 }
 
 // m rows of `width` floats, `stride` apart from `first` on (one step of a block of rows), transposed into scratch
-// as a [width × m] matrix. Read in place, the transpose's columns would be `stride` floats apart (for x here:
-// 28·28 floats), so the rows of one block of the product would compete for the same few L1 cache sets.
-static A Transposed(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch, int64_t ld = 0) {
-  if (!ld) ld = m + 1;  // +1: rows of the transpose not a power of two apart, for the same reason.
+// as a [width × m] matrix whose rows are ld apart. Read in place, the transpose's columns would be `stride` floats
+// apart (for x here: 28·28 floats), so the rows of one block of the product would compete for the same few L1 cache
+// sets.
+static void Transpose(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch, int64_t ld) {
   for (int64_t b = 0; b < m; ++b)
     for (int64_t w = 0; w < width; ++w) scratch[w * ld + b] = first[b * stride + w];
-  return A{scratch, ld};
 }
 
 // Steps whose weight-gradient products the backward ops run as one: k = kGradSteps · kGradRows rows instead
@@ -598,17 +594,17 @@ constexpr int64_t kGradSteps = 4;
 // multiple of 4 KiB for m = 64) the panels would share L1 cache sets and evict each other; likewise the rows of the
 // transposes.
 struct GatheredSteps {
-  int64_t m, F, U, G, ld = kGradSteps * m + 1, pack_stride = ld * kPanel, slot = 0;
   float *xt, *ht;  // [F × ld], [U × ld]: the transposes of x_t and h_{t-1}, step after step.
   float *sw, *su;  // The block's sums of dW [F, G] and dU [U, G].
+  int64_t m, F, U, G, ld = kGradSteps * m + 1, pack_stride = ld * kPanel, slot = 0;
   int64_t Offset() const { return slot * m * kPanel; }  // Where this step's rows go in each panel.
   // After step t's rows were packed at Offset(): gathers its x_t and h_{t-1} (rows `x_stride`, U apart; h_prev null at
   // t = 0); when kGradSteps steps are gathered, or at t = 0, dW += Σ x_sᵀ·dz_s and dU += Σ h_{s-1}ᵀ·du_s over them
   // (dU's without step 0, the last).
   void Add(Isa isa, int64_t t, const float* x_t, int64_t x_stride, const float* h_prev, const float* dz_pack,
            const float* du_pack) {
-    Transposed(x_t, x_stride, m, F, xt + slot * m, ld);
-    if (h_prev) Transposed(h_prev, U, m, U, ht + slot * m, ld);
+    Transpose(x_t, x_stride, m, F, xt + slot * m, ld);
+    if (h_prev) Transpose(h_prev, U, m, U, ht + slot * m, ld);
     if (++slot < kGradSteps && t > 0) return;
     Gemm(isa, {Term{A{xt, ld}, B{dz_pack, pack_stride, slot * m, G}}}, F, sw, G, /*acc_in=*/true);
     if (const int64_t h_slots = t ? slot : slot - 1)
@@ -869,8 +865,7 @@ class Backward : public OpKernel {
       const int64_t m = hi - lo;
       float *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U, *dz_pack = dc + kGradRows * U,
             *xt = dz_pack + pack_size, *ht = xt + F * max_ld;
-      GatheredSteps steps{m, F, U, G};
-      steps.xt = xt, steps.ht = ht, steps.sw = sw, steps.su = su;
+      GatheredSteps steps{xt, ht, sw, su, m, F, U, G};
       for (int64_t t = T - 1; t >= 0; --t) {
         // dz_t is the b of two products below: packed while its rows are in cache.
         const LstmBackStep step{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb,
@@ -1084,8 +1079,7 @@ class GruBackward : public OpKernel {
       float *dh_next = mem + sums_size, *dq = dh_next + kGradRows * U, *dz_pack = dq + kGradRows * G,
             *dq_pack = dz_pack + pack_size, *xt = dq_pack + pack_size, *ht = xt + F * max_ld;
       const int64_t m = hi - lo;
-      GatheredSteps steps{m, F, U, G};
-      steps.xt = xt, steps.ht = ht, steps.sw = sw, steps.su = su;
+      GatheredSteps steps{xt, ht, sw, su, m, F, U, G};
       for (int64_t t = T - 1; t >= 0; --t) {
         const GruBackStep step{t, lo, hi, Bt, U, from_outside, gp, qhp, hp, dh_next, dzp, dq, sb_in, sb_rec,
                                dz_pack + steps.Offset(), dq_pack + steps.Offset(), steps.pack_stride};
