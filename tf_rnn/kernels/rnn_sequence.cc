@@ -83,12 +83,14 @@ struct Term {
   B b;
 };
 
+// Where a block's sums start: row_init[j] in every row when given (a bias, at the panel's first column: the forward
+// ops' products start from it rather than from a copy of it in c), else c's own values if acc_in, else 0.
 template <int R>
 static void BlockPortable(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, int cols,
-                          bool acc_in) {
+                          bool acc_in, const float* row_init) {
   float acc[R][kPanel] = {};
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < cols; ++j) acc[r][j] = acc_in ? c[r * ldc + j] : 0.f;
+    for (int j = 0; j < cols; ++j) acc[r][j] = row_init ? row_init[j] : acc_in ? c[r * ldc + j] : 0.f;
   for (int n = 0; n < nterms; ++n) {
     const A& a = terms[n].a;
     const float* b = terms[n].b.p + s * terms[n].b.ps;
@@ -101,11 +103,15 @@ static void BlockPortable(const Term* terms, int nterms, int64_t s, int64_t r0, 
 }
 
 template <int R>
-static void Block(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, bool acc_in) {
+static void Block(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc, bool acc_in,
+                  const float* row_init) {
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[R][2];
   for (int r = 0; r < R; ++r)
-    for (int h = 0; h < 2; ++h) acc[r][h] = acc_in ? _mm256_loadu_ps(c + r * ldc + 8 * h) : _mm256_setzero_ps();
+    for (int h = 0; h < 2; ++h)
+      acc[r][h] = row_init ? _mm256_loadu_ps(row_init + 8 * h)
+                  : acc_in ? _mm256_loadu_ps(c + r * ldc + 8 * h)
+                           : _mm256_setzero_ps();
   for (int n = 0; n < nterms; ++n) {
     const float* a[R];  // One pointer per row: a row's q-th element is then one base + index address.
     for (int r = 0; r < R; ++r) a[r] = terms[n].a.p + (r0 + r) * terms[n].a.rs;
@@ -124,18 +130,19 @@ static void Block(const Term* terms, int nterms, int64_t s, int64_t r0, float* c
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < 2; ++h) _mm256_storeu_ps(c + r * ldc + 8 * h, acc[r][h]);
 #else
-  BlockPortable<R>(terms, nterms, s, r0, c, ldc, kPanel, acc_in);
+  BlockPortable<R>(terms, nterms, s, r0, c, ldc, kPanel, acc_in, row_init);
 #endif
 }
 
 template <bool Full>
-static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols, bool acc_in) {
+static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols, bool acc_in,
+                  const float* row_init) {
   auto block = [&](auto rows, int64_t r) {
     constexpr int R = decltype(rows)::value;
     if constexpr (Full)
-      Block<R>(terms, nterms, s, r, c + r * ldc, ldc, acc_in);
+      Block<R>(terms, nterms, s, r, c + r * ldc, ldc, acc_in, row_init);
     else
-      BlockPortable<R>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in);
+      BlockPortable<R>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in, row_init);
   };
   int64_t r = 0;
   for (; r + kRows <= m; r += kRows) block(std::integral_constant<int, kRows>(), r);
@@ -143,24 +150,26 @@ static void Panel(const Term* terms, int nterms, int64_t m, int64_t s, float* c,
   if (r < m) block(std::integral_constant<int, 1>(), r);
 }
 
-// The AVX2 products: c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
-static void GemmAvx2(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+// The AVX2 products: c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; the sums start as Block's.
+static void GemmAvx2(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in,
+                     const float* row_init) {
   const Term* t = terms.begin();
   const int nterms = static_cast<int>(terms.size());
   const int64_t n = t->b.n;
   for (int64_t s = 0; s * kPanel < n; ++s) {  // Panel-outer: one panel of b serves every block of rows.
     const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
+    const float* init = row_init ? row_init + s * kPanel : nullptr;
     if (cols == kPanel)  // Only a last panel narrower than 16 columns (n % 16 != 0) takes the portable path.
-      Panel<true>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
+      Panel<true>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in, init);
     else
-      Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in);
+      Panel<false>(t, nterms, m, s, c + s * kPanel, ldc, cols, acc_in, init);
   }
 }
 
 // ---- The AVX-512 products, chosen at run time where the CPU has avx512f. ----------------------------------------
 //
 // The same packed panels of 16 columns, read two at a time: a block of kRows512 rows × 32 columns keeps 24 of the
-// 32 zmm registers as accumulators (2 more for b, the broadcast of a folds into the FMA's memory operand). On
+// 32 zmm registers as accumulators (2 more for b, 1 for the broadcast of a). On
 // AVX-512 the AVX2 block above fills half of each register and half of the register file. Every result is the same
 // sequence of fused multiply-adds as on the AVX2 path (k in order, terms in order), so the two paths agree bit for
 // bit wherever the AVX2 path has no narrower-than-16 last panel (tests/test_fused.py compares them).
@@ -231,15 +240,18 @@ static bool CpuHasAvx512() {
 #endif
 
 // R rows × NP panels (16·NP columns) of c from panels s .. s+NP-1; `cols` < 16 only for a last single panel, whose
-// columns beyond are neither read nor written (b is zero-padded there, so its loads need no mask).
+// columns beyond are neither read nor written (b is zero-padded there, so its loads need no mask). The sums start as
+// Block's.
 template <int R, int NP>
 TF_RNN_AVX512 static void Block512(const Term* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc,
-                                   int cols, bool acc_in) {
+                                   int cols, bool acc_in, const float* row_init) {
   TF_RNN_COUNT_BLOCK();
   V16 acc[R][NP];
   for (int r = 0; r < R; ++r)
-    for (int h = 0; h < NP; ++h)
-      acc[r][h] = !acc_in ? Zero16() : cols == kPanel ? Load16(c + r * ldc + kPanel * h) : LoadFirst(c + r * ldc, cols);
+    for (int h = 0; h < NP; ++h) {
+      const float* from = row_init ? row_init + kPanel * h : c + r * ldc + kPanel * h;
+      acc[r][h] = !row_init && !acc_in ? Zero16() : cols == kPanel ? Load16(from) : LoadFirst(from, cols);
+    }
   for (int n = 0; n < nterms; ++n) {
     const float* a[R];
     for (int r = 0; r < R; ++r) a[r] = terms[n].a.p + (r0 + r) * terms[n].a.rs;
@@ -265,9 +277,9 @@ TF_RNN_AVX512 static void Block512(const Term* terms, int nterms, int64_t s, int
 
 template <int NP>
 static void Panel512(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols,
-                     bool acc_in) {
+                     bool acc_in, const float* row_init) {
   auto block = [&](auto rows, int64_t r) {
-    Block512<decltype(rows)::value, NP>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in);
+    Block512<decltype(rows)::value, NP>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in, row_init);
   };
   int64_t r = 0;
   for (; r + kRows512 <= m; r += kRows512) block(std::integral_constant<int, kRows512>(), r);
@@ -277,17 +289,20 @@ static void Panel512(const Term* terms, int nterms, int64_t m, int64_t s, float*
   if (r < m) block(std::integral_constant<int, 1>(), r);
 }
 
-static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in,
+                       const float* row_init) {
   const Term* t = terms.begin();
   const int nterms = static_cast<int>(terms.size());
   const int64_t n = t->b.n;
   for (int64_t s = 0; s * kPanel < n;) {
     const int64_t left = n - s * kPanel;
+    const float* init = row_init ? row_init + s * kPanel : nullptr;
     if (left >= 2 * kPanel) {
-      Panel512<2>(t, nterms, m, s, c + s * kPanel, ldc, kPanel, acc_in);
+      Panel512<2>(t, nterms, m, s, c + s * kPanel, ldc, kPanel, acc_in, init);
       s += 2;
     } else {
-      Panel512<1>(t, nterms, m, s, c + s * kPanel, ldc, static_cast<int>(std::min<int64_t>(kPanel, left)), acc_in);
+      Panel512<1>(t, nterms, m, s, c + s * kPanel, ldc, static_cast<int>(std::min<int64_t>(kPanel, left)), acc_in,
+                  init);
       s += 1;
     }
   }
@@ -515,12 +530,14 @@ static Status ChooseIsa(Isa* isa, std::string* why = nullptr) {
   return absl::OkStatus();
 }
 
-// c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds.
-static void Gemm(Isa isa, std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in) {
+// c[m×n] (+)= Σ terms a·b, every b [·×n]; rows of c are ldc apart; acc_in adds to what c holds; row_init [n], when
+// given, is where every row's sums start instead (a bias).
+static void Gemm(Isa isa, std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in,
+                 const float* row_init = nullptr) {
   if (isa == Isa::kAvx512)
-    GemmAvx512(terms, m, c, ldc, acc_in);
+    GemmAvx512(terms, m, c, ldc, acc_in, row_init);
   else
-    GemmAvx2(terms, m, c, ldc, acc_in);
+    GemmAvx2(terms, m, c, ldc, acc_in, row_init);
 }
 
 // "avx512 (the CPU has avx512f)": which products the ops run here and why (`python -m tf_rnn.fused info`).
@@ -749,13 +766,14 @@ class Forward : public OpKernel {
           *gp = g->flat<float>().data();
     ForRowBlocks(ctx, Bt, ForwardRows(ctx, Bt), [&](int64_t, int64_t lo, int64_t hi) {
       for (int64_t t = 0; t < T; ++t) {
-        float* z = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart.
-        for (int64_t b = lo; b < hi; ++b) std::copy(bp, bp + G, z + (b - lo) * G);
+        // This block's rows of step t, G apart: bias + x_t·W + h_{t-1}·U, the sums started from the bias itself
+        // (copying it into z first took a tenth of the op's time: benchmarks/README.md, item 16).
+        float* z = gp + (t * Bt + lo) * G;
         const Term xw{A{xp + (lo * T + t) * F, T * F}, wp};
         if (t)
-          Gemm(isa, {xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm(isa, {xw, Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, z, G, /*acc_in=*/false, bp);
         else
-          Gemm(isa, {xw}, hi - lo, z, G, /*acc_in=*/true);
+          Gemm(isa, {xw}, hi - lo, z, G, /*acc_in=*/false, bp);
         const int64_t row = t * Bt + lo;
         const LstmStep step{gp + row * G, cp + row * U, tcp + row * U, hp + row * U,
                             t ? cp + (row - Bt) * U : nullptr, hi - lo, U};
@@ -962,12 +980,11 @@ class GruForward : public OpKernel {
       float* q = q_all + lo * G;
       for (int64_t t = 0; t < T; ++t) {
         float* a = gp + (t * Bt + lo) * G;  // This block's rows of step t, G apart: a, then the activated gates.
-        for (int64_t b = lo; b < hi; ++b) {
-          std::copy(b_in, b_in + G, a + (b - lo) * G);
-          std::copy(b_rec, b_rec + G, q + (b - lo) * G);
-        }
-        Gemm(isa, {Term{A{xp + (lo * T + t) * F, T * F}, wp}}, hi - lo, a, G, /*acc_in=*/true);
-        if (t) Gemm(isa, {Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, q, G, /*acc_in=*/true);
+        Gemm(isa, {Term{A{xp + (lo * T + t) * F, T * F}, wp}}, hi - lo, a, G, /*acc_in=*/false, b_in);
+        if (t)
+          Gemm(isa, {Term{A{hp + ((t - 1) * Bt + lo) * U, U}, up}}, hi - lo, q, G, /*acc_in=*/false, b_rec);
+        else  // h_{-1} = 0: q = b_rec.
+          for (int64_t b = lo; b < hi; ++b) std::copy(b_rec, b_rec + G, q + (b - lo) * G);
         const int64_t row = t * Bt + lo;
         const GruStep step{a, qhp + row * U, hp + row * U, q, t ? hp + (row - Bt) * U : nullptr, hi - lo, U};
         if (isa == Isa::kAvx512)
