@@ -181,6 +181,8 @@ BUGS = [
  ("AVX-512 pair's second panel takes the first's bias", "tf_rnn/kernels/rnn_sequence.cc", "const float* from = row_init ? row_init + kPanel * h :", "const float* from = row_init ? row_init :", "tests/test_fused.py -k 'equals_keras or avx512_path'"),
  ("narrow last panel: every column the bias' first", "tf_rnn/kernels/rnn_sequence.cc", "acc[r][j] = row_init ? row_init[j] :", "acc[r][j] = row_init ? row_init[0] :", "tests/test_fused.py -k 'equals_keras or avx512_path'"),
  ("GRU first step: q without the recurrent bias", "tf_rnn/kernels/rnn_sequence.cc", "          for (int64_t b = lo; b < hi; ++b) std::copy(b_rec, b_rec + G, q + (b - lo) * G);", "          for (int64_t b = lo; b < hi; ++b) std::fill(q + (b - lo) * G, q + (b - lo + 1) * G, 0.f);", "tests/test_fused.py -k 'equals_keras or avx512_path'"),
+ ("transpose: a column's halves swapped", "tf_rnn/kernels/rnn_sequence.cc", "_mm256_permute2f128_ps(r[i], r[i + 4], 0x31)", "_mm256_permute2f128_ps(r[i], r[i + 4], 0x13)", "tests/test_fused.py -k 'equals_keras or avx512_path'"),
+ ("transpose: the last columns' eighth row dropped", "tf_rnn/kernels/rnn_sequence.cc", "for (int64_t i = b; i < b + 8; ++i) scratch", "for (int64_t i = b; i < b + 7; ++i) scratch", "tests/test_fused.py -k 'equals_keras or avx512_path'"),
 ]
 
 

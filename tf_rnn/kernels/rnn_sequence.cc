@@ -593,8 +593,38 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
 // as a [width × m] matrix whose rows are ld apart. Read in place, the transpose's columns would be `stride` floats
 // apart (for x here: 28·28 floats), so the rows of one block of the product would compete for the same few L1 cache
 // sets.
+// 8 × 8 at a time in AVX2 registers: one element at a time, the transposes were a twentieth of the backward ops'
+// time (benchmarks/README.md, item 16).
 static void Transpose(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch, int64_t ld) {
-  for (int64_t b = 0; b < m; ++b)
+  int64_t b = 0;
+#if defined(__AVX2__)
+  for (; b + 8 <= m; b += 8) {
+    int64_t w = 0;
+    for (; w + 8 <= width; w += 8) {
+      const float* in = first + b * stride + w;
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + i * stride);
+      for (int i = 0; i < 8; i += 2) {  // Pairs of rows interleaved, then pairs of pairs, then halves.
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      float* out = scratch + w * ld + b;
+      for (int i = 0; i < 4; ++i) {  // Column i of the block is r[i] (rows 0-3) beside r[i + 4] (rows 4-7).
+        _mm256_storeu_ps(out + i * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(out + (i + 4) * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+      }
+    }
+    for (; w < width; ++w)
+      for (int64_t i = b; i < b + 8; ++i) scratch[w * ld + i] = first[i * stride + w];
+  }
+#endif
+  for (; b < m; ++b)
     for (int64_t w = 0; w < width; ++w) scratch[w * ld + b] = first[b * stride + w];
 }
 
