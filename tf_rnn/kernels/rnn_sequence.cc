@@ -562,15 +562,19 @@ REGISTER_KERNEL_BUILDER(Name("TfRnnKernelIsa").Device(DEVICE_CPU), KernelIsa);
 // depend on the thread count (see the top of this file).
 constexpr int64_t kGradRows = 32;
 
-// Rows per block of the forward pass (nothing is summed across its rows, so any split gives the same bits): at most
-// kForwardRows, two of the AVX-512 register blocks (four AVX2 ones), and no more than a thread's share. One block per
-// thread was as fast when the op ran alone, but inside a training step 1.1× slower: the op lasts as long as its
-// slowest block, and another op or the input pipeline's thread taking a core for a while holds up one block; with
-// several blocks per thread the other threads take its share (benchmarks/README.md, item 15).
-constexpr int64_t kForwardRows = 2 * kRows512;
+// Rows per block of the forward pass (nothing is summed across its rows, so any split gives the same bits): every
+// thread's share of the batch in the same number of blocks, at least two, of at most kForwardRows rows (at least kRows).
+// The op lasts as long as its busiest thread: blocks of 24 rows split 128 rows 72 / 56 over two threads, and the
+// same op in blocks of 32 (64 / 64) took 0.92 of its time, alone and in training. Several blocks per thread, because
+// one per thread was as fast when the op ran alone but inside a training step 1.1× slower: another op or the input
+// pipeline's thread taking a core for a while holds up a block, and the other threads then take the held thread's
+// remaining blocks (benchmarks/README.md, items 15 and 16).
+constexpr int64_t kForwardRows = 32, kForwardBlocksPerThread = 2;
 static int64_t ForwardRows(OpKernelContext* ctx, int64_t batch) {
   const int64_t threads = std::max(1, ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads());
-  return std::min(kForwardRows, std::max<int64_t>(kRows, (batch + threads - 1) / threads));
+  const int64_t share = (batch + threads - 1) / threads;
+  const int64_t blocks = std::max(kForwardBlocksPerThread, (share + kForwardRows - 1) / kForwardRows);
+  return std::max<int64_t>(kRows, (share + blocks - 1) / blocks);
 }
 
 // Runs fn(block index, first row, end row) on each block of `per` rows, across the worker threads; returns the
