@@ -565,7 +565,8 @@ constexpr int64_t kGradRows = 32;
 // Rows per block of the forward pass (nothing is summed across its rows, so any split gives the same bits): every
 // thread's share of the batch in the same number of blocks, at least two, of at most kForwardRows rows (at least kRows).
 // The op lasts as long as its busiest thread: blocks of 24 rows split 128 rows 72 / 56 over two threads, and the
-// same op in blocks of 32 (64 / 64) took 0.92 of its time, alone and in training. Several blocks per thread, because
+// same op in blocks of 32 (64 / 64) ran in 0.90-0.93 of the time alone (inside training no change beyond the
+// noise). Several blocks per thread, because
 // one per thread was as fast when the op ran alone but inside a training step 1.1× slower: another op or the input
 // pipeline's thread taking a core for a while holds up a block, and the other threads then take the held thread's
 // remaining blocks (benchmarks/README.md, items 15 and 16).
