@@ -562,14 +562,13 @@ REGISTER_KERNEL_BUILDER(Name("TfRnnKernelIsa").Device(DEVICE_CPU), KernelIsa);
 // depend on the thread count (see the top of this file).
 constexpr int64_t kGradRows = 32;
 
-// Rows per block of the forward pass (nothing is summed across its rows, so any split gives the same bits): every
-// thread's share of the batch in the same number of blocks, at least two, of at most kForwardRows rows (at least kRows).
-// The op lasts as long as its busiest thread: blocks of 24 rows split 128 rows 72 / 56 over two threads, and the
-// same op in blocks of 32 (64 / 64) ran in 0.90-0.93 of the time alone (inside training no change beyond the
-// noise). Several blocks per thread, because
-// one per thread was as fast when the op ran alone but inside a training step 1.1× slower: another op or the input
-// pipeline's thread taking a core for a while holds up a block, and the other threads then take the held thread's
-// remaining blocks (benchmarks/README.md, items 15 and 16).
+// Rows per block of the forward pass (nothing is summed across its rows, so any split gives the same bits): each
+// thread's share of the batch in the same number of blocks, at least two, of at most kForwardRows rows (and at least
+// kRows). The same number because the op lasts as long as its busiest thread: blocks of 24 rows split 128 rows
+// 72 / 56 over two threads, and blocks of 32 (64 / 64) ran the op alone in 0.90-0.93 of the time (inside training no
+// change beyond the noise). Several, because one block per thread was as fast when the op ran alone but inside a
+// training step 1.1× slower: another op or the input pipeline's thread taking a core for a while holds up a block,
+// and the other threads then take the held thread's remaining blocks (benchmarks/README.md, items 15 and 16).
 constexpr int64_t kForwardRows = 32, kForwardBlocksPerThread = 2;
 static int64_t ForwardRows(OpKernelContext* ctx, int64_t batch) {
   const int64_t threads = std::max(1, ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads());
@@ -597,9 +596,8 @@ static int64_t ForRowBlocks(OpKernelContext* ctx, int64_t batch, int64_t per, F 
 // m rows of `width` floats, `stride` apart from `first` on (one step of a block of rows), transposed into scratch
 // as a [width × m] matrix whose rows are ld apart. Read in place, the transpose's columns would be `stride` floats
 // apart (for x here: 28·28 floats), so the rows of one block of the product would compete for the same few L1 cache
-// sets.
-// 8 × 8 at a time in AVX2 registers: one element at a time, the transposes were a twentieth of the backward ops'
-// time (benchmarks/README.md, item 16).
+// sets. Transposed 8 × 8 at a time in AVX2 registers: one element at a time, they were a twentieth of the backward
+// ops' time (benchmarks/README.md, item 16).
 static void Transpose(const float* first, int64_t stride, int64_t m, int64_t width, float* scratch, int64_t ld) {
   int64_t b = 0;
 #if defined(__AVX2__)
