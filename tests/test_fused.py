@@ -210,7 +210,11 @@ def test_avx512_path_equals_the_avx2_path(avx512_ops, monkeypatch, cell, batch, 
     blocks = getattr(ops, "tf_rnn_emu_emulated_blocks", lambda: tf.constant(-1))
     for isa in ("avx2", "avx512"):
         monkeypatch.setenv(fused.ISA_ENV, isa)
-        assert getattr(ops, f"{prefix}_kernel_isa")().numpy().decode() == f"{isa} ({fused.ISA_ENV}={isa})"
+        products, bf16 = getattr(ops, f"{prefix}_kernel_isa")().numpy().decode().split("; ")
+        assert products == f"{isa} ({fused.ISA_ENV}={isa})"
+        # The emulated build's AVX-512 code is AVX2: it never offers the AMX tiles.
+        assert bf16 == ("bfloat16: AMX tiles" if prefix == "tf_rnn" and fused.amx_available() else
+                        "bfloat16: not here (no AMX tiles)")
         before = int(blocks())
         results[isa] = forward_and_backward(ops, prefix, cell, x, w, u, b, dh)
         if before >= 0:
@@ -222,6 +226,19 @@ def test_avx512_path_equals_the_avx2_path(avx512_ops, monkeypatch, cell, batch, 
         else:  # The AVX2 path's last, narrower panel takes its portable loop.
             np.testing.assert_allclose(z, a, rtol=1e-5, atol=1e-5 * (np.abs(a).max() or 1.0))
     assert any(np.abs(a).max() > 0 for a in results["avx2"][-3:])  # Real weight gradients, not zeros on both.
+
+
+def test_bfloat16_runs_on_amx_tiles_or_is_refused_in_one_line(avx512_ops):
+    """The LSTM ops' precision="bfloat16" where the build and CPU have AMX tiles; elsewhere (and always in the emulated
+    build, which runs here on every CPU) one line saying what is missing, never float32 products in its place."""
+    ops, prefix = avx512_ops
+    x, w, u, b = (tf.ones(s) for s in ((2, 3, 4), (4, 8), (2, 8), (8,)))
+    if prefix == "tf_rnn" and fused.amx_available():
+        assert getattr(ops, f"{prefix}_lstm_forward")(x, w, u, b, precision="bfloat16")[0].shape == (3, 2, 2)
+        return
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"precision=bfloat16 needs AMX tiles for bfloat16 "
+                       r"\(CPU flags amx_bf16, amx_tile, avx512_bf16, granted by Linux\); this machine lacks them"):
+        getattr(ops, f"{prefix}_lstm_forward")(x, w, u, b, precision="bfloat16")
 
 
 def test_a_bad_isa_request_is_one_line_before_training_and_refused_by_the_kernel(kernels, monkeypatch, capsys,
@@ -245,7 +262,7 @@ def test_a_bad_isa_request_is_one_line_before_training_and_refused_by_the_kernel
                                                     "avx512f; unset it or set avx2")
     monkeypatch.setenv(fused.ISA_ENV, "avx2")
     fused.prepare(config)  # Allowed on every CPU the fused path runs on.
-    assert kernels.tf_rnn_kernel_isa().numpy().decode() == "avx2 (TF_RNN_KERNEL_ISA=avx2)"
+    assert kernels.tf_rnn_kernel_isa().numpy().decode().startswith("avx2 (TF_RNN_KERNEL_ISA=avx2); bfloat16: ")
 
 
 # --- delivery: build, info, a shared cache ---------------------------------------------------------------------
@@ -258,6 +275,7 @@ def test_build_and_info_commands(kernels, capsys):
     assert fused.main(["info"]) == 0
     products = ("avx512 (the CPU has avx512f)" if "avx512f" in (fused.cpu_flags() or ()) else
                 "avx2 (the CPU lacks avx512f)")
+    products += "; bfloat16: AMX tiles" if fused.amx_available() else "; bfloat16: not here (no AMX tiles)"
     assert capsys.readouterr().out.strip() == (f"fused CPU RNN kernel: used here for LSTM and GRU layers (kernel {path}); "
                                                f"products: {products}")
 

@@ -41,6 +41,8 @@ CXX_FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-w"]
 # Which products the kernel runs, read by the kernel at each op call: "auto" (unset) is the widest the CPU has.
 ISA_ENV = "TF_RNN_KERNEL_ISA"
 ISA_CHOICES = ("auto", "avx2", "avx512")
+# `--precision bfloat16` runs the LSTM's products on AMX tiles: the CPU flags Linux shows for them.
+AMX_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16")
 LOCK_TIMEOUT_S = 900  # A build takes 15-60 s; a lock held this long belongs to a process that hung.
 
 _module = None
@@ -95,6 +97,25 @@ def isa_problem() -> str | None:
     if asked == "avx512" and (flags is None or "avx512f" not in flags):
         return f"{ISA_ENV}=avx512, but this CPU lacks avx512f; unset it or set avx2"
     return None
+
+
+def amx_problem() -> str | None:
+    """Why `--precision bfloat16` cannot train here, in one line naming the fix, or None where it can."""
+    reason = unsupported_reason()
+    if reason:
+        return (f"--precision bfloat16 runs in the fused kernel, which is not used here ({reason}); use "
+                "--precision float32")
+    flags = cpu_flags()
+    missing = [f for f in AMX_FEATURES if flags is None or f not in flags]
+    if missing:
+        return f"--precision bfloat16 needs AMX tiles for bfloat16, and this CPU lacks {', '.join(missing)}; use " \
+               "--precision float32"
+    return None
+
+
+def amx_available() -> bool:
+    """Whether the LSTM ops' bfloat16 products (AMX tiles) can run here."""
+    return amx_problem() is None
 
 
 def compiler() -> tuple[str, str]:
@@ -227,7 +248,13 @@ def available() -> bool:
 
 def prepare(config) -> None:
     """Builds (or loads) the kernel before training when the config's model would use it, so that a first build
-    is announced before the first step instead of stalling inside it; a bad `$TF_RNN_KERNEL_ISA` is a BuildError."""
+    is announced before the first step instead of stalling inside it; a bad `$TF_RNN_KERNEL_ISA` is a BuildError, and
+    so is `--precision bfloat16` where it cannot run."""
+    if getattr(config, "precision", "float32") == "bfloat16":
+        problem = amx_problem() or (None if available() else "--precision bfloat16 needs the fused kernel, which "
+                                    "does not build here (the warning above says why); use --precision float32")
+        if problem:
+            raise BuildError(problem)
     if config.cell in ("lstm", "gru") and config.activation == "tanh" and unsupported_reason() is None:
         problem = isa_problem()
         if problem:
@@ -253,8 +280,10 @@ def _input_gradient(dz, x, kernel):
     return tf.transpose(tf.reshape(dx, [shape[1], shape[0], shape[2]]), [1, 0, 2])  # Explicit: batch may be 0.
 
 
-def _fused(forward: str, backward: str, last_only: bool):
+def _fused(forward: str, backward: str, last_only: bool, precision: str = "float32"):
     """A cell's op pair as one differentiable function of (x, kernel, recurrent_kernel, bias) → h.
+
+    `precision`: "bfloat16" runs the LSTM ops' products on AMX tiles (bfloat16 operands, float32 sums and state).
 
     `last_only`: return only the last step's h, `<float32>[batch, units]`, and hand the backward op that step's
     gradient alone. Why not `h[:, -1]` of the whole sequence: its gradient is a `[batch, time, units]` tensor of zeros
@@ -270,11 +299,13 @@ def _fused(forward: str, backward: str, last_only: bool):
     @tf.custom_gradient
     def fused(x, kernel, recurrent_kernel, bias):
         ops = kernels()
-        outputs = getattr(ops, forward)(x, kernel, recurrent_kernel, bias)  # h first, then what backward needs.
+        attrs = {"precision": precision} if precision != "float32" else {}  # The GRU ops have no such attribute.
+        outputs = getattr(ops, forward)(x, kernel, recurrent_kernel, bias, **attrs)  # h, then what backward needs.
         h = outputs[0]  # Time-major, <float32>[time, batch, units]: see above.
 
         def grad(d_h):
-            dz, d_kernel, d_recurrent_kernel, d_bias = getattr(ops, backward)(d_h, x, recurrent_kernel, *outputs)
+            dz, d_kernel, d_recurrent_kernel, d_bias = getattr(ops, backward)(
+                d_h, x, recurrent_kernel, *outputs, **attrs)
             return _input_gradient(dz, x, kernel), d_kernel, d_recurrent_kernel, d_bias
 
         return (h[-1] if last_only else tf.transpose(h, [1, 0, 2])), grad
@@ -283,9 +314,9 @@ def _fused(forward: str, backward: str, last_only: bool):
 
 
 @functools.cache
-def _op(cell: str, last_only: bool):
+def _op(cell: str, last_only: bool, precision: str = "float32"):
     # Made on first use, not at import: importing this module must not load TensorFlow (`--help` answers first).
-    return _fused(f"tf_rnn_{cell}_forward", f"tf_rnn_{cell}_backward", last_only)
+    return _fused(f"tf_rnn_{cell}_forward", f"tf_rnn_{cell}_backward", last_only, precision)
 
 
 def gru(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
@@ -305,13 +336,15 @@ def gru(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
     return _op("gru", not return_sequences)(tf.convert_to_tensor(inputs, tf.float32), *weights)
 
 
-def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False):
+def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False, precision: str = "float32"):
     """`keras.layers.LSTM`'s computation (zero initial state, no mask) through the compiled kernels.
 
     Args:
       inputs: `<float32>[batch, time, features]`.
       kernel, recurrent_kernel, bias: the Keras LSTM cell's weights (`[features, 4·units]`, `[units, 4·units]`,
         `[4·units]`, gates i, f, c, o).
+      precision: "float32", or "bfloat16": the products' operands rounded to bfloat16 on AMX tiles (the op fails
+        where the CPU has none: `amx_available()`), sums, state and gradients' sums in float32.
 
     Returns:
       `<float32>[batch, units]`, or `<float32>[batch, time, units]` with `return_sequences`.
@@ -319,7 +352,7 @@ def lstm(inputs, kernel, recurrent_kernel, bias, return_sequences: bool = False)
     import tensorflow as tf
 
     weights = [tf.convert_to_tensor(w) for w in (kernel, recurrent_kernel, bias)]
-    return _op("lstm", not return_sequences)(tf.convert_to_tensor(inputs, tf.float32), *weights)
+    return _op("lstm", not return_sequences, precision)(tf.convert_to_tensor(inputs, tf.float32), *weights)
 
 
 @cli.entry_point()

@@ -21,6 +21,7 @@
 #define EIGEN_USE_THREADS
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -28,7 +29,10 @@
 
 #include "Eigen/Core"
 #if defined(__AVX2__) && defined(__FMA__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -308,6 +312,218 @@ static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, i
   }
 }
 
+// ---- The bfloat16 products on AMX tiles (the ops' precision="bfloat16"), where the CPU has amx_bf16. -------------
+//
+// c[m×n] (+)= Σ a·b with a and b rounded to bfloat16 (round to nearest even) and every sum in float32: TDPBF16PS adds
+// each exact product of two bfloat16 values into a float32 accumulator. The state, the per-row arithmetic and the
+// weight-gradient sums stay float32; only the operands of the products lose bits (8 of the mantissa's 24). One tile
+// product is 16 × 16 results over k = 32: 16 cycles, against the ~128 the AVX-512 block takes for the same float32
+// work, so on AMX the products stop being most of the step (benchmarks/README.md, item 17).
+//
+// Operands are bfloat16 copies the ops make: a row-major with k contiguous, every row readable to k rounded up to 32
+// (zero there) and 16 rows from any block's first (the buffers are padded); b packed in panels of 16 columns as pairs
+// of k interleaved ([k/2][16][2], the tiles' "VNNI" layout), zero beyond k and n. Every tile is 16 rows × 64 bytes;
+// c in blocks of 32 × 32 (four tiles), 16 rows or columns at the edges; a block that c cannot hold whole (fewer
+// rows or columns than its tiles) goes through a small buffer.
+#if !defined(TF_RNN_EMULATE_AVX512)
+#define TF_RNN_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+using bf16 = uint16_t;
+constexpr int64_t kTileK = 32;  // bfloat16 values of k per tile row.
+static int64_t RoundUp(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// AMX is usable only after Linux grants the process its tile state (arch_prctl), and only where the CPU has it.
+static bool AmxReady() {
+  static const bool ready = [] {
+    unsigned a, b, c, d;  // CPUID leaf 7: amx_bf16 and amx_tile (EDX bits 22, 24), then avx512_bf16 (EAX bit 5).
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) return false;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return CpuHasAvx512() && syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ready;
+}
+
+// n floats → bfloat16, round to nearest even (VCVTNEPS2BF16: denormals read as zero).
+TF_RNN_AMX static void ToBf16(const float* x, int64_t n, bf16* out) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) _mm256_storeu_si256((__m256i*)(out + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + j)));
+  if (j < n) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + j));
+    _mm256_mask_storeu_epi16(out + j, mask, v);
+  }
+}
+
+// b[k×n] (element (q, j) at w[q * qs + j * js]) as bfloat16 panels [n/16][kp/2][16][2], kp = k rounded up to kTileK;
+// zero beyond k and n. Returns the panel stride in bf16 values.
+static int64_t PackedSizeBf16(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * RoundUp(k, kTileK) * kPanel; }
+struct BBf16 {
+  const bf16* p;
+  int64_t ps, k, n;  // k: rounded up to kTileK.
+};
+TF_RNN_AMX static BBf16 PackBf16(const float* w, int64_t k, int64_t n, int64_t qs, int64_t js, bf16* buf) {
+  const int64_t kp = RoundUp(k, kTileK), ps = kp * kPanel;
+  std::fill(buf, buf + PackedSizeBf16(k, n), bf16{0});
+  float row[kPanel];
+  for (int64_t q = 0; q < k; ++q)
+    for (int64_t s = 0; s * kPanel < n; ++s) {
+      const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
+      for (int j = 0; j < cols; ++j) row[j] = w[q * qs + (s * kPanel + j) * js];
+      bf16 out[kPanel];
+      ToBf16(row, cols, out);
+      for (int j = 0; j < cols; ++j) buf[s * ps + (q / 2 * kPanel + j) * 2 + q % 2] = out[j];
+    }
+  return BBf16{buf, ps, kp, n};
+}
+
+// Rows [k0, k0 + m) of a packed b from m rows of floats (row r at x + r * ldx, n columns): the backward ops' dz,
+// gathered step after step along k. Two rows of a pair in one step interleave in registers; a pair split between
+// two steps (m odd) is written one value at a time.
+TF_RNN_AMX static void PackRowsBf16(const float* x, int64_t ldx, int64_t m, int64_t n, int64_t k0, bf16* pack,
+                                     int64_t ps) {
+  // Where, in each 64 values, the interleave puts value i of the first row (even i) and of the second (odd).
+  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int64_t r = 0; r < m;) {
+    const int64_t k = k0 + r;
+    for (int64_t s = 0; s * kPanel < n; ++s) {
+      const int cols = static_cast<int>(std::min<int64_t>(kPanel, n - s * kPanel));
+      const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1);
+      bf16* to = pack + s * ps + k / 2 * 2 * kPanel;
+      const __m512 a = _mm512_maskz_loadu_ps(mask, x + r * ldx + s * kPanel);
+      if (k % 2 == 0 && r + 1 < m) {
+        const __m512 b = _mm512_maskz_loadu_ps(mask, x + (r + 1) * ldx + s * kPanel);
+        _mm512_storeu_si512(to, _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
+      } else {
+        alignas(32) bf16 v[kPanel];
+        _mm256_store_si256((__m256i*)v, (__m256i)_mm512_cvtneps_pbh(a));
+        for (int j = 0; j < cols; ++j) to[2 * j + k % 2] = v[j];
+      }
+    }
+    r += (k % 2 == 0 && r + 1 < m) ? 2 : 1;
+  }
+}
+
+// Zeroes rows [k, kp) of a packed b (kp: k rounded up to kTileK): the gathered products read whole tiles of k.
+static void ZeroRowsFrom(bf16* pack, int64_t ps, int64_t n, int64_t k) {
+  const int64_t kp = RoundUp(k, kTileK);
+  for (int64_t s = 0; s * kPanel < n; ++s) {
+    bf16* panel = pack + s * ps;
+    if (k % 2)
+      for (int j = 0; j < kPanel; ++j) panel[(k / 2 * kPanel + j) * 2 + 1] = 0;
+    std::fill(panel + RoundUp(k, 2) * kPanel, panel + kp * kPanel, bf16{0});
+  }
+}
+
+struct ABf16 {  // a(r, q) = p[r * rs + q], bfloat16.
+  const bf16* p;
+  int64_t rs;
+};
+struct TermBf16 {
+  ABf16 a;
+  BBf16 b;
+};
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: c's 2 × 2 blocks of 16 × 16 floats; 4-5: a's two 16-row halves; 6-7: b's two panels. RT × CT tiles of
+// c (RT, CT in {1, 2}) at rows r0.. and panels s.., ldc bytes apart; the sums start from `init` (ldi bytes apart; the
+// same rows for both row tiles when ldi_half is 0), or zero when init is null.
+template <int RT, int CT>
+TF_RNN_AMX static void TileBlock(const TermBf16* terms, int nterms, int64_t s, int64_t r0, float* c, int64_t ldc,
+                                 const float* init, int64_t ldi, int64_t init_half) {
+  // The tiles' numbers are part of the instructions: spelled out, not computed.
+  const float* init2 = init ? init + init_half : nullptr;
+  float* c2 = c + 16 * (ldc / 4);
+  if (init) _tile_loadd(0, init, ldi); else _tile_zero(0);
+  if constexpr (CT == 2) { if (init) _tile_loadd(1, init + kPanel, ldi); else _tile_zero(1); }
+  if constexpr (RT == 2) { if (init) _tile_loadd(2, init2, ldi); else _tile_zero(2); }
+  if constexpr (RT == 2 && CT == 2) { if (init) _tile_loadd(3, init2 + kPanel, ldi); else _tile_zero(3); }
+  for (int n = 0; n < nterms; ++n) {
+    const TermBf16& t = terms[n];
+    const bf16* a = t.a.p + r0 * t.a.rs;
+    const bf16* b = t.b.p + s * t.b.ps;
+    const int64_t lda = t.a.rs * 2;
+    for (int64_t q = 0; q < t.b.k; q += kTileK, b += kTileK * kPanel) {
+      _tile_loadd(4, a + q, lda);
+      if constexpr (RT == 2) _tile_loadd(5, a + 16 * t.a.rs + q, lda);
+      _tile_loadd(6, b, 64);
+      if constexpr (CT == 2) _tile_loadd(7, b + t.b.ps, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (CT == 2) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (RT == 2) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (RT == 2 && CT == 2) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, ldc);
+  if constexpr (CT == 2) _tile_stored(1, c + kPanel, ldc);
+  if constexpr (RT == 2) _tile_stored(2, c2, ldc);
+  if constexpr (RT == 2 && CT == 2) _tile_stored(3, c2 + kPanel, ldc);
+}
+
+// The tiles of one block of rows, configured when it starts and released when it ends: between the two the thread
+// runs only this block's code, while before and after other code on it (oneDNN's) may configure the tiles its own
+// way. Once per block, not per product: configuring and releasing around each product took a fifth of its time.
+struct AmxTiles {
+  TF_RNN_AMX AmxTiles() {
+    TileConfig config;
+    for (int i = 0; i < 8; ++i) config.rows[i] = 16, config.colsb[i] = 64;
+    // GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes of the config, which then drops the stores to
+    // the rest as dead (and the tiles fault): a barrier keeps them.
+    asm volatile("" : : "r"(&config) : "memory");
+    _tile_loadconfig(&config);
+  }
+  TF_RNN_AMX ~AmxTiles() { _tile_release(); }  // The tiles' 8 KiB of state no longer saved at each context switch.
+};
+
+// c[m×n] (+)= Σ terms a·b (bfloat16 operands, float32 sums); rows of c ldc floats apart. The sums start from c
+// (acc_in), from `bias16` (16 copies of a bias row, n floats apart: a tile loads 16 rows), or zero. Only while an
+// AmxTiles lives on the thread.
+TF_RNN_AMX static void GemmAmx(std::initializer_list<TermBf16> terms, int64_t m, float* c, int64_t ldc, bool acc_in,
+                               const float* bias16 = nullptr) {
+  const TermBf16* t = terms.begin();
+  const int nterms = static_cast<int>(terms.size());
+  const int64_t n = t->b.n;
+  alignas(64) float edge[32 * 32];
+  for (int64_t s = 0; s * kPanel < n;) {
+    const int64_t cols = std::min<int64_t>(2 * kPanel, n - s * kPanel);
+    const int CT = cols > kPanel ? 2 : 1;
+    for (int64_t r = 0; r < m; r += 32) {
+      const int64_t rows = std::min<int64_t>(32, m - r);
+      const int RT = rows > 16 ? 2 : 1;
+      const bool whole = rows == 16 * RT && cols == kPanel * CT;
+      float* out = c + r * ldc + s * kPanel;
+      float* dst = whole ? out : edge;
+      const int64_t ld = whole ? ldc : 32;
+      const float* init = nullptr;
+      int64_t ldi = ld * 4, half = 16 * ld;
+      if (!whole) {
+        std::fill(edge, edge + 32 * 32, 0.f);
+        if (acc_in || bias16)
+          for (int64_t i = 0; i < rows; ++i)
+            std::copy_n(acc_in ? out + i * ldc : bias16 + s * kPanel, cols, edge + i * 32);
+        if (acc_in || bias16) init = edge;
+      } else if (acc_in) {
+        init = out;
+      } else if (bias16) {
+        init = bias16 + s * kPanel, ldi = n * 4, half = 0;
+      }
+      if (RT == 2 && CT == 2) TileBlock<2, 2>(t, nterms, s, r, dst, ld * 4, init, ldi, half);
+      else if (RT == 2) TileBlock<2, 1>(t, nterms, s, r, dst, ld * 4, init, ldi, half);
+      else if (CT == 2) TileBlock<1, 2>(t, nterms, s, r, dst, ld * 4, init, ldi, half);
+      else TileBlock<1, 1>(t, nterms, s, r, dst, ld * 4, init, ldi, half);
+      if (!whole)
+        for (int64_t i = 0; i < rows; ++i) std::copy_n(edge + i * 32, cols, out + i * ldc);
+    }
+    s += CT;
+  }
+}
+#endif
+
 // ---- The forward ops' per-row arithmetic, in either vector width. -------------------------------------------------
 //
 // The per-row arithmetic (σ and tanh of every gate and of c, the cell's update) is a fifth of the LSTM's forward op
@@ -505,11 +721,23 @@ TF_RNN_AVX512 static void GruRows512(const GruStep& s) { GruRows<Lanes16>(s); }
 
 // Which products run, decided once per op call: the widest the CPU has, unless TF_RNN_KERNEL_ISA asks for
 // another ("avx2" on an AVX-512 CPU: the tests compare the two paths, benchmarks time them).
-enum class Isa { kAvx2, kAvx512 };
+enum class Isa { kAvx2, kAvx512, kAmx };  // kAmx: the LSTM's bfloat16 products on AMX tiles, its rows as kAvx512.
 static const char* const kIsaEnv = "TF_RNN_KERNEL_ISA";
 
-// `why`, when asked for (the info op; not the compute ops, at every call), says what decided.
-static Status ChooseIsa(Isa* isa, std::string* why = nullptr) {
+// `why`, when asked for (the info op; not the compute ops, at every call), says what decided. precision=bfloat16
+// (the LSTM ops' attribute) takes the AMX tiles or fails: it is asked for, and silently float32 would not be it.
+static const char* const kNoAmx = "precision=bfloat16 needs AMX tiles for bfloat16 (CPU flags amx_bf16, amx_tile, "
+                                  "avx512_bf16, granted by Linux); this machine lacks them: train in float32";
+static Status ChooseIsa(Isa* isa, std::string* why = nullptr, bool bf16 = false) {
+  if (bf16) {
+#if defined(TF_RNN_EMULATE_AVX512)
+    return errors::InvalidArgument(kNoAmx);
+#else
+    if (!AmxReady()) return errors::InvalidArgument(kNoAmx);
+    *isa = Isa::kAmx;
+    return absl::OkStatus();
+#endif
+  }
   const char* env = std::getenv(kIsaEnv);
   const std::string asked = env && *env ? env : "auto";
   const bool has512 = CpuHasAvx512();
@@ -553,7 +781,13 @@ class KernelIsa : public OpKernel {
     OP_REQUIRES_OK(ctx, ChooseIsa(&isa, &why));
     Tensor* out;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<tstring>()() = std::string(isa == Isa::kAvx512 ? "avx512" : "avx2") + " (" + why + ")";
+#if defined(TF_RNN_EMULATE_AVX512)
+    const bool amx = false;
+#else
+    const bool amx = AmxReady();
+#endif
+    out->scalar<tstring>()() = std::string(isa == Isa::kAvx512 ? "avx512" : "avx2") + " (" + why + ")" +
+                               (amx ? "; bfloat16: AMX tiles" : "; bfloat16: not here (no AMX tiles)");
   }
 };
 REGISTER_KERNEL_BUILDER(Name("TfRnnKernelIsa").Device(DEVICE_CPU), KernelIsa);
@@ -673,6 +907,7 @@ REGISTER_OP("TfRnnLstmForward")
     .Input("kernel: float")
     .Input("recurrent_kernel: float")
     .Input("bias: float")
+    .Attr("precision: {'float32', 'bfloat16'} = 'float32'")
     .Output("h: float")
     .Output("c: float")
     .Output("tanh_c: float")
@@ -703,6 +938,7 @@ REGISTER_OP("TfRnnLstmBackward")
     .Input("c: float")
     .Input("tanh_c: float")
     .Input("gates: float")
+    .Attr("precision: {'float32', 'bfloat16'} = 'float32'")
     .Output("dz: float")
     .Output("d_kernel: float")
     .Output("d_recurrent_kernel: float")
@@ -772,14 +1008,30 @@ static void AddBlockSums(const float* work, int64_t blocks, int64_t per_block, s
   }
 }
 
+// The LSTM ops' precision attribute: "bfloat16" runs their products on AMX tiles (bfloat16 operands, float32 sums).
+static Status ReadPrecision(OpKernelConstruction* c, bool* bf16) {
+  std::string precision;
+  TF_RETURN_IF_ERROR(c->GetAttr("precision", &precision));
+  *bf16 = precision == "bfloat16";
+  return absl::OkStatus();
+}
+
+// bfloat16 scratch, from TensorFlow's allocator as the float scratch is; zeroed (the tiles read padding).
+static Status ScratchBf16(OpKernelContext* ctx, int64_t n, Tensor* t, uint16_t** p) {
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(DT_BFLOAT16, TensorShape({std::max<int64_t>(n, 1)}), t));
+  *p = reinterpret_cast<uint16_t*>(t->flat<bfloat16>().data());
+  std::fill(*p, *p + std::max<int64_t>(n, 1), uint16_t{0});
+  return absl::OkStatus();
+}
+
 class Forward : public OpKernel {
  public:
-  explicit Forward(OpKernelConstruction* c) : OpKernel(c) {}
+  explicit Forward(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, ReadPrecision(c, &bf16_)); }
   void Compute(OpKernelContext* ctx) override {
     const Tensor &x = ctx->input(0), &w = ctx->input(1), &u = ctx->input(2), &bias = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, &w, {}));
     Isa isa;
-    OP_REQUIRES_OK(ctx, ChooseIsa(&isa));
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, nullptr, bf16_));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     OP_REQUIRES(ctx, bias.dims() == 1 && bias.dim_size(0) == G,
                 errors::InvalidArgument("tf_rnn LSTM op: bias must be [4·units]; got ", bias.shape().DebugString()));
@@ -789,6 +1041,9 @@ class Forward : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({T, Bt, U}), &tanh_c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({T, Bt, G}), &g));
     if (Bt * T == 0) return;
+#if !defined(TF_RNN_EMULATE_AVX512)
+    if (isa == Isa::kAmx) return ComputeAmx(ctx, x, w, u, bias, h, c, tanh_c, g);
+#endif
     Tensor w_buf, u_buf;
     float *w_packed, *u_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(F, G), &w_buf, &w_packed));
@@ -810,13 +1065,56 @@ class Forward : public OpKernel {
         const int64_t row = t * Bt + lo;
         const LstmStep step{gp + row * G, cp + row * U, tcp + row * U, hp + row * U,
                             t ? cp + (row - Bt) * U : nullptr, hi - lo, U};
-        if (isa == Isa::kAvx512)
+        if (isa != Isa::kAvx2)
           LstmRows512(step);
         else
           LstmRowsAvx2(step);
       }
     });
   }
+
+ private:
+  bool bf16_;
+
+#if !defined(TF_RNN_EMULATE_AVX512)
+  // The same steps with bfloat16 products: x once, and each step's h for the next, rounded into bfloat16 copies
+  // whose rows are padded to whole tiles (features and units to kTileK; 16 rows past the batch, or the block).
+  void ComputeAmx(OpKernelContext* ctx, const Tensor& x, const Tensor& w, const Tensor& u, const Tensor& bias,
+                  Tensor* h, Tensor* c, Tensor* tanh_c, Tensor* g) {
+    const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
+    const int64_t Fp = RoundUp(F, kTileK), Up = RoundUp(U, kTileK), per = ForwardRows(ctx, Bt);
+    const int64_t nblocks = (Bt + per - 1) / per, h_size = RoundUp(per, 16) * Up;
+    Tensor wb_buf, ub_buf, xb_buf, hb_buf, bias_buf;
+    bf16 *wb, *ub, *xb, *hb;
+    float* bias16;
+    OP_REQUIRES_OK(ctx, ScratchBf16(ctx, PackedSizeBf16(F, G), &wb_buf, &wb));
+    OP_REQUIRES_OK(ctx, ScratchBf16(ctx, PackedSizeBf16(U, G), &ub_buf, &ub));
+    OP_REQUIRES_OK(ctx, ScratchBf16(ctx, (Bt + 16) * T * Fp, &xb_buf, &xb));
+    OP_REQUIRES_OK(ctx, ScratchBf16(ctx, nblocks * h_size, &hb_buf, &hb));
+    OP_REQUIRES_OK(ctx, Scratch(ctx, 16 * G, &bias_buf, &bias16));
+    const BBf16 wp = PackBf16(w.flat<float>().data(), F, G, G, 1, wb), up = PackBf16(u.flat<float>().data(), U, G, G, 1, ub);
+    const float *xp = x.flat<float>().data(), *bp = bias.flat<float>().data();
+    for (int r = 0; r < 16; ++r) std::copy_n(bp, G, bias16 + r * G);
+    float *hp = h->flat<float>().data(), *cp = c->flat<float>().data(), *tcp = tanh_c->flat<float>().data(),
+          *gp = g->flat<float>().data();
+    ForRowBlocks(ctx, Bt, per, [&](int64_t block, int64_t lo, int64_t hi) {
+      const AmxTiles tiles;
+      for (int64_t r = lo * T; r < hi * T; ++r) ToBf16(xp + r * F, F, xb + r * Fp);
+      bf16* hb_block = hb + block * h_size;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = t * Bt + lo;
+        const TermBf16 xw{ABf16{xb + (lo * T + t) * Fp, T * Fp}, wp};
+        if (t)
+          GemmAmx({xw, TermBf16{ABf16{hb_block, Up}, up}}, hi - lo, gp + row * G, G, /*acc_in=*/false, bias16);
+        else
+          GemmAmx({xw}, hi - lo, gp + row * G, G, /*acc_in=*/false, bias16);
+        LstmRows512(LstmStep{gp + row * G, cp + row * U, tcp + row * U, hp + row * U,
+                             t ? cp + (row - Bt) * U : nullptr, hi - lo, U});
+        for (int64_t r = 0; r < hi - lo; ++r) ToBf16(hp + (row + r) * U, U, hb_block + r * Up);
+      }
+    });
+  }
+#endif
 };
 
 // One row of one step of the LSTM's backward arithmetic, in one pass over its units: z its activated gates
@@ -866,6 +1164,7 @@ static inline __attribute__((always_inline)) void LstmRowsBackward(const LstmBac
     else
       LstmRowBackward<false, true>(U, s.z + row * G, s.tc + row * U, c_prev, out, dh, dc, d);
     for (int64_t j = 0; j < G; ++j) s.sb[j] += d[j];
+    if (!s.dz_pack) continue;  // The bfloat16 path packs dz itself.
     for (int64_t j = 0; j < G; j += kPanel)
       std::copy_n(d + j, std::min<int64_t>(kPanel, G - j),
                   &s.dz_pack[j / kPanel * s.pack_stride + (b - s.lo) * kPanel]);
@@ -876,20 +1175,23 @@ TF_RNN_AVX512 static void LstmRowsBackward512(const LstmBackStep& s) { LstmRowsB
 
 class Backward : public OpKernel {
  public:
-  explicit Backward(OpKernelConstruction* c) : OpKernel(c) {}
+  explicit Backward(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, ReadPrecision(c, &bf16_)); }
   void Compute(OpKernelContext* ctx) override {
     const Tensor &dh = ctx->input(0), &x = ctx->input(1), &u = ctx->input(2), &h = ctx->input(3),
                  &c = ctx->input(4), &tanh_c = ctx->input(5), &g = ctx->input(6);
     OP_REQUIRES_OK(ctx, CheckShapes("LSTM", 4, x, u, nullptr,
                                     {{&dh, 1, false, true}, {&h, 1, true}, {&c, 1, true}, {&tanh_c, 1, true}, {&g, 4, true}}));
     Isa isa;
-    OP_REQUIRES_OK(ctx, ChooseIsa(&isa));
+    OP_REQUIRES_OK(ctx, ChooseIsa(&isa, nullptr, bf16_));
     const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
     Tensor *dz, *dw, *du, *db;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dz));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({F, G}), &dw));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, u.shape(), &du));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({G}), &db));
+#if !defined(TF_RNN_EMULATE_AVX512)
+    if (isa == Isa::kAmx) return ComputeAmx(ctx, dh, x, u, h, c, tanh_c, g, dz, dw, du, db);
+#endif
     Tensor ut_buf;
     float* ut_packed;
     OP_REQUIRES_OK(ctx, Scratch(ctx, PackedSize(G, U), &ut_buf, &ut_packed));
@@ -921,7 +1223,7 @@ class Backward : public OpKernel {
         // dz_t is the b of two products below: packed while its rows are in cache.
         const LstmBackStep step{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb,
                                 dz_pack + steps.Offset(), steps.pack_stride};
-        if (isa == Isa::kAvx512)
+        if (isa != Isa::kAvx2)
           LstmRowsBackward512(step);
         else
           LstmRowsBackwardAvx2(step);
@@ -931,6 +1233,73 @@ class Backward : public OpKernel {
     });
     AddBlockSums(work, blocks, per_block, {dw, du, db});
   }
+
+ private:
+  bool bf16_;
+
+#if !defined(TF_RNN_EMULATE_AVX512)
+  // The same blocks and steps with bfloat16 products. Besides the float32 path's working memory, each block has
+  // bfloat16 copies of what the products read: dz_t's rows (for dz_t·Uᵀ), the gathered steps' dz packed as a b
+  // (pairs of rows interleaved) and their transposed x and h_prev, padded to whole tiles.
+  void ComputeAmx(OpKernelContext* ctx, const Tensor& dh, const Tensor& x, const Tensor& u, const Tensor& h,
+                  const Tensor& c, const Tensor& tanh_c, const Tensor& g, Tensor* dz, Tensor* dw, Tensor* du,
+                  Tensor* db) {
+    const int64_t Bt = x.dim_size(0), T = x.dim_size(1), F = x.dim_size(2), U = u.dim_size(0), G = 4 * U;
+    const int64_t Gp = RoundUp(G, kTileK), max_k = kGradSteps * kGradRows, max_ld = max_k + 1;
+    // One pair of rows (64 bytes) past whole tiles, so that the panels are not 4 KiB apart (see GatheredSteps).
+    const int64_t pack_stride = (RoundUp(max_k, kTileK) + 2) * kPanel, ldk = RoundUp(max_k, kTileK) + kTileK;
+    const int64_t sums_size = (F + U + 1) * G, per_block = sums_size + 2 * kGradRows * U + (F + U) * max_ld;
+    const int64_t dzb_size = kGradRows * Gp, pack_size = (G + kPanel - 1) / kPanel * pack_stride,
+                  per_block16 = dzb_size + pack_size + (RoundUp(F, 16) + RoundUp(U, 16)) * ldk;
+    const int64_t nblocks = (Bt + kGradRows - 1) / kGradRows;
+    Tensor ut_buf, work_buf, work16_buf;
+    bf16 *ut, *work16;
+    float* work;
+    OP_REQUIRES_OK(ctx, ScratchBf16(ctx, PackedSizeBf16(G, U), &ut_buf, &ut));
+    OP_REQUIRES_OK(ctx, Scratch(ctx, nblocks * per_block, &work_buf, &work));
+    OP_REQUIRES_OK(ctx, ScratchBf16(ctx, nblocks * per_block16, &work16_buf, &work16));
+    const BBf16 utp = PackBf16(u.flat<float>().data(), G, U, 1, G, ut);  // Uᵀ: dh_prev = dz · Uᵀ.
+    const FromOutside from_outside{dh.flat<float>().data(), dh.dims() == 2, T, U};
+    const float *xp = x.flat<float>().data(), *hp = h.flat<float>().data(),
+                *cp = c.flat<float>().data(), *tcp = tanh_c.flat<float>().data(), *gp = g.flat<float>().data();
+    float* dzp = dz->flat<float>().data();
+    const int64_t blocks = ForRowBlocks(ctx, Bt, kGradRows, [&](int64_t block, int64_t lo, int64_t hi) {
+      float* mem = work + block * per_block;
+      std::fill(mem, mem + per_block, 0.f);
+      float *sw = mem, *su = sw + F * G, *sb = su + U * G, *dh_next = mem + sums_size, *dc = dh_next + kGradRows * U,
+            *xt = dc + kGradRows * U, *ht = xt + F * max_ld;
+      bf16 *dzb = work16 + block * per_block16, *pack = dzb + dzb_size, *xtb = pack + pack_size,
+           *htb = xtb + RoundUp(F, 16) * ldk;
+      const AmxTiles tiles;
+      const int64_t m = hi - lo;
+      int64_t slot = 0;
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t row = t * Bt + lo, k0 = slot * m;
+        LstmRowsBackward512(LstmBackStep{t, lo, hi, Bt, U, from_outside, gp, tcp, cp, dh_next, dc, dzp, sb, nullptr, 0});
+        for (int64_t r = 0; r < m; ++r) ToBf16(dzp + (row + r) * G, G, dzb + r * Gp);
+        PackRowsBf16(dzp + row * G, G, m, G, k0, pack, pack_stride);
+        Transpose(xp + (lo * T + t) * F, T * F, m, F, xt, max_ld);
+        for (int64_t f = 0; f < F; ++f) ToBf16(xt + f * max_ld, m, xtb + f * ldk + k0);
+        if (t) {
+          Transpose(hp + (row - Bt) * U, U, m, U, ht, max_ld);
+          for (int64_t j = 0; j < U; ++j) ToBf16(ht + j * max_ld, m, htb + j * ldk + k0);
+        }
+        if (++slot == kGradSteps || t == 0) {  // dW += Σ x_sᵀ·dz_s, dU += Σ h_{s-1}ᵀ·dz_s over the gathered steps.
+          const int64_t k = slot * m, k_h = (t ? slot : slot - 1) * m;
+          ZeroRowsFrom(pack, pack_stride, G, k);
+          GemmAmx({TermBf16{ABf16{xtb, ldk}, BBf16{pack, pack_stride, RoundUp(k, kTileK), G}}}, F, sw, G, true);
+          if (k_h) {
+            ZeroRowsFrom(pack, pack_stride, G, k_h);  // Step 0's rows, which dW has used, have no h_prev.
+            GemmAmx({TermBf16{ABf16{htb, ldk}, BBf16{pack, pack_stride, RoundUp(k_h, kTileK), G}}}, U, su, G, true);
+          }
+          slot = 0;
+        }
+        if (t) GemmAmx({TermBf16{ABf16{dzb, Gp}, utp}}, m, dh_next, U, /*acc_in=*/false);  // dz_t·Uᵀ
+      }
+    });
+    AddBlockSums(work, blocks, per_block, {dw, du, db});
+  }
+#endif
 };
 
 // ---- GRU: the same design, Keras 3's GRU with reset_after=True (its default and cuDNN's form). ----------------
