@@ -12,6 +12,7 @@ from tf_rnn.cli import UsageError
 
 CELL_CHOICES = ("lstm", "gru", "simple")
 ACTIVATION_CHOICES = ("tanh", "softsign")
+PRECISION_CHOICES = ("float32", "bfloat16")
 OPTIMIZER_CHOICES = ("adam", "rmsprop", "adagrad", "nesterov")
 SCHEDULE_CHOICES = ("constant", "cosine")
 DATASET_HELP = f"dataset: {', '.join(datasets.REGISTRY)}, or PATH.npz (x_train [N, T, F], y_train, x_test, y_test)"
@@ -91,6 +92,10 @@ class TrainConfig(JobConfig):
     validation_split: float = flag_field(0.1, "fraction of the training set held out for validation")
     seed: int = flag_field(0, "random seed: the same command twice gives the same metrics on a CPU")
     strategy: str = flag_field("auto", "tf.distribute strategy", STRATEGY_CHOICES)
+    precision: str = flag_field(
+        "float32", "bfloat16: the LSTM's products on AMX tiles (CPUs with amx_bf16), bfloat16 operands, float32 sums, "
+        "state and weights; the rest under Keras' mixed_bfloat16", PRECISION_CHOICES
+    )
     steps_per_execution: int = flag_field(
         10, "training steps per call into TensorFlow: fewer Python round trips, the same weights; an epoch's last "
         "call runs the steps left (lowered to a divisor of an epoch's steps when --steps ends a run mid-epoch); 1 "
@@ -118,6 +123,9 @@ class TrainConfig(JobConfig):
                 raise ConfigError(name, getattr(self, name), "must be >= 0")
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise ConfigError("clipnorm", self.clipnorm, "must be > 0 (leave it out for no clipping)")
+        if self.precision == "bfloat16" and (self.cell, self.activation) != ("lstm", "tanh"):
+            raise ConfigError("precision", self.precision, "runs the fused LSTM's products on AMX tiles: use it with "
+                              "--cell lstm --activation tanh, or --precision float32")
         check_dataset(self)
 
 

@@ -68,11 +68,14 @@ def export_saved_model(model, out_dir: str | Path, spec: DataSpec | str | None =
     import keras
     import tensorflow as tf
 
+    from tf_rnn.models import float32_model
+
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; choose another --out (nothing was overwritten)")
     if not isinstance(spec, DataSpec):
         spec = image_spec(spec)
+    model = float32_model(model)
 
     def heads(inputs):
         return spec.task_type.serving_outputs(model(inputs, training=False))
@@ -130,7 +133,9 @@ def export_litert(model, out_dir: str | Path, spec: DataSpec, batch: int = 1, qu
       The files written.
     """
     from tf_rnn import litert
+    from tf_rnn.models import float32_model
 
+    model = float32_model(model)  # LiteRT's built-in ops have no bfloat16 MatMul.
     out_dir, written = Path(out_dir), []
     out_dir.mkdir(parents=True, exist_ok=True)
     for q in (None, *quantize):
@@ -145,7 +150,9 @@ def export_onnx(model, out_dir: str | Path, spec: DataSpec) -> Path:
     """Writes `model.onnx` into `out_dir`: the ONNX LSTM/GRU/RNN ops, a dynamic batch, `serving_default`'s float
     input and outputs (tf_rnn.onnx_export)."""
     from tf_rnn import onnx_export
+    from tf_rnn.models import float32_model
 
+    model = float32_model(model)  # ONNX Runtime's CPU kernels have no bfloat16 MatMul.
     path = Path(out_dir) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(onnx_export.convert(model, spec, metadata(spec)).SerializeToString())
@@ -260,7 +267,8 @@ def main(argv=None) -> int:
 
 
 def export_formats(model, out: Path, spec: DataSpec, formats, batch=1, quantize=(), representative=None) -> list:
-    """Writes each of `formats` into the new folder `out`; returns a line for each file written."""
+    """Writes each of `formats` into the new folder `out`; returns a line for each file written. Every format serves
+    float32 (`models.float32_model`)."""
     lines = []
     if "saved_model" in formats:
         export_saved_model(model, out, spec)

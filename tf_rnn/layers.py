@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import warnings
 
 import keras
@@ -71,6 +72,9 @@ class StackedRNN(keras.layers.Layer):
       activation: `tanh` or `softsign` (softsign gives up cuDNN; a warning says so once).
       l1, l2: kernel regularisation factors of every sub-layer's input and recurrent kernels.
       return_sequences: return every time step of the last layer instead of only the last step.
+      precision: `float32`, or `bfloat16`: in training steps through the fused LSTM kernel, its products'
+        operands are rounded to bfloat16 on AMX tiles (sums, state and weights stay float32; evaluation and every
+        export run Keras' float32 layers). The layer itself stays float32 under any dtype policy.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class StackedRNN(keras.layers.Layer):
         l1: float = 0.0,
         l2: float = 0.0,
         return_sequences: bool = False,
+        precision: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -95,11 +100,14 @@ class StackedRNN(keras.layers.Layer):
         units_list = [int(units)] * int(num_layers) if isinstance(units, int) else [int(u) for u in units]
         if not units_list or min(units_list) < 1:
             raise ValueError(f"units={units}, num_layers={num_layers}; need at least one layer of >= 1 unit")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision={precision!r}; choose float32 or bfloat16")
         if activation == "softsign":
             _warn_softsign_once()
         self.cell, self.units, self.num_layers = cell, units_list, len(units_list)
         self.dropout, self.activation, self.l1, self.l2 = float(dropout), activation, float(l1), float(l2)
         self.return_sequences = bool(return_sequences)
+        self.precision = precision
 
         regularizer = keras.regularizers.L1L2(l1=self.l1, l2=self.l2) if (self.l1 or self.l2) else None
         self.rnns, self.dropouts = [], []
@@ -115,9 +123,10 @@ class StackedRNN(keras.layers.Layer):
                     dropout=0.0,
                     recurrent_dropout=0.0,
                     name=f"{cell}_{i}",
+                    dtype=self.dtype_policy,  # Not the global policy at construction: the layer's own.
                 )
             )
-            self.dropouts.append(keras.layers.Dropout(self.dropout, name=f"dropout_{i}"))
+            self.dropouts.append(keras.layers.Dropout(self.dropout, name=f"dropout_{i}", dtype=self.dtype_policy))
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -144,7 +153,9 @@ class StackedRNN(keras.layers.Layer):
         # The kernels are float32 only: a mixed-precision policy keeps Keras' layers.
         if not (supported and x.dtype == "float32" and cell.compute_dtype == "float32" and fused.available()):
             return None
-        return fused.lstm if isinstance(rnn, keras.layers.LSTM) else fused.gru
+        if isinstance(rnn, keras.layers.GRU):
+            return fused.gru
+        return functools.partial(fused.lstm, precision=self.precision)
 
     def call(self, inputs, training=None):
         x, writer = inputs, _LAYER_WRITER.get()
@@ -174,6 +185,7 @@ class StackedRNN(keras.layers.Layer):
             "l1": self.l1,
             "l2": self.l2,
             "return_sequences": self.return_sequences,
+            "precision": self.precision,
         }
 
 

@@ -82,6 +82,19 @@ def build_model(
       A model compiled with the task's loss and metric. Build it inside `strategy.scope()` when training
       distributed.
     """
+    policy = keras.config.dtype_policy()
+    # `--precision bfloat16`: every layer under mixed_bfloat16 (float32 weights, bfloat16 arithmetic) but the
+    # recurrent stack, whose float32 state the kernel keeps while its products take bfloat16 operands, and the
+    # outputs, float32 as Keras' mixed-precision guide keeps them (and every consumer of the model expects).
+    if config.precision == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        return _build_model(config, decay_steps, spec, steps_per_execution)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _build_model(config, decay_steps, spec, steps_per_execution):
     spec = spec or datasets.get(config.dataset).spec(config, None)
     task = spec.task_type
     inputs = keras.Input(shape=spec.input_shape, dtype="float32", name=spec.input_name)
@@ -96,9 +109,13 @@ def build_model(
         l1=config.l1,
         l2=config.l2,
         return_sequences=task.return_sequences,
+        precision=config.precision,
+        dtype="float32",
         name="rnn",
     )(x)
     outputs = task.head(features, spec)
+    if config.precision == "bfloat16":
+        outputs = keras.layers.Activation("linear", dtype="float32", name="float32_outputs")(outputs)
     if spec.image and config.sequence == "rows":
         name = f"{config.cell}_row_classifier"
     else:
@@ -107,6 +124,21 @@ def build_model(
     model.compile(optimizer=make_optimizer(config, decay_steps), loss=task.loss(config),
                   metrics=task.compiled_metrics(), steps_per_execution=steps_per_execution)
     return model
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """`model`, or where some layer computes in another dtype (`--precision bfloat16`'s mixed_bfloat16 layers) a copy
+    of it with the same layers and weights computing in float32: what every export serves (ONNX Runtime and LiteRT
+    have no bfloat16 kernels for these layers, and the weights are float32 under mixed_bfloat16 anyway)."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def in_float32(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=in_float32)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def inference_function(model: keras.Model, outputs=None):
