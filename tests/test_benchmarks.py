@@ -34,10 +34,12 @@ def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
     assert report["machine"]["cpu"] == machine.cpu_name() and report["cpu"] == machine.cpu()
     # bfloat16's matmul beside float32's: whether this CPU would give issue 26's bf16 path anything (AMX or not).
     assert report["matmul_bfloat16_gflops"] > 0 and "matmul bfloat16 (2048², TensorFlow)" in out.stdout
+    # The float32 products, then whether --precision bfloat16 could run here (issue 26's AMX path).
+    bf16 = "; bfloat16: AMX tiles" if fused.amx_available() else "; bfloat16: not here (no AMX tiles)"
     assert report["contenders"]["tf_rnn"]["products"] == ("avx512 (the CPU has avx512f)" if has512 else
-                                                          "avx2 (the CPU lacks avx512f)")
+                                                          "avx2 (the CPU lacks avx512f)") + bf16
     if has512:
-        assert report["contenders"]["tf_rnn_avx2"]["products"] == "avx2 (TF_RNN_KERNEL_ISA=avx2)"
+        assert report["contenders"]["tf_rnn_avx2"]["products"] == "avx2 (TF_RNN_KERNEL_ISA=avx2)" + bf16
 
 
 def test_kernel_ab_renames_every_op_and_names_a_bad_revision():

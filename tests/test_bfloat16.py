@@ -238,3 +238,79 @@ def test_training_runs_the_bfloat16_products_and_saves_a_float32_serving_model(o
     np.testing.assert_allclose(served(images=tf.constant(x))["logits"], copy(x), rtol=1e-5, atol=1e-5)
     # The head in bfloat16 rounds: the float32 copy is not the same function, only the same weights.
     assert 0 < np.abs(np.asarray(copy(x)) - np.asarray(model(x))).max() < 0.1
+
+
+# --- what needs no AMX: the model's dtypes, the layer's choice of op, every export of a bfloat16 model -----------
+# (On a CPU without AMX tiles the tests above skip; these keep --precision bfloat16's Python side checked there.)
+
+
+@pytest.fixture(scope="module")
+def bf16_model():
+    """The seed model built with --precision bfloat16 (two small layers), untrained: building needs no AMX."""
+    from tf_rnn.config import resolve
+    from tf_rnn.models import build_model
+
+    config = resolve(overrides={"units": 16, "layers": 2, "precision": "bfloat16"})
+    model = build_model(config)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def test_the_bfloat16_model_is_mixed_only_in_its_head_on_any_cpu(bf16_model):
+    import keras
+
+    from tf_rnn.models import float32_model
+
+    assert keras.config.dtype_policy().name == "float32"  # The policy was the model's, not left global.
+    assert bf16_model.get_layer("rnn").dtype_policy.name == "float32"
+    assert bf16_model.get_layer("logits").dtype_policy.name == "mixed_bfloat16"
+    assert bf16_model.output.dtype == "float32"
+    copy = float32_model(bf16_model)
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    for a, b in zip(copy.get_weights(), bf16_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_layer_asks_the_kernel_for_its_precision(monkeypatch):
+    """A training step of StackedRNN(precision=...) calls fused.lstm with that precision (recorded here instead of
+    run, so that no AMX is needed); the GRU has no such choice."""
+    from tf_rnn.layers import StackedRNN
+
+    calls = []
+
+    def record(x, kernel, recurrent_kernel, bias, return_sequences=False, **kwargs):
+        calls.append(kwargs.get("precision", "float32"))
+        return tf.zeros((x.shape[0], x.shape[1], kernel.shape[1] // 4) if return_sequences else
+                        (x.shape[0], kernel.shape[1] // 4))
+
+    monkeypatch.setattr(fused, "available", lambda: True)
+    monkeypatch.setattr(fused, "lstm", record)
+    x = tf.zeros((2, 5, 3))
+    for precision in ("bfloat16", "float32"):
+        StackedRNN("lstm", units=4, num_layers=2, precision=precision)(x, training=True)
+        assert calls == [precision, precision]
+        calls.clear()
+    StackedRNN("lstm", units=4, precision="bfloat16")(x, training=False)
+    assert calls == []  # Evaluation and every save path run Keras' float32 layers.
+
+
+def test_every_export_of_a_bfloat16_model_serves_its_float32_copy(bf16_model, tmp_path):
+    """SavedModel, LiteRT and ONNX answer as models.float32_model's copy (same weights, float32 head), not as the
+    model's bfloat16 head, which rounds visibly (so that the comparison can tell them apart)."""
+    from tf_rnn import export, litert, onnx_export
+    from tf_rnn.datasets import image_spec
+    from tf_rnn.models import float32_model
+
+    spec = image_spec("mnist")
+    x = np.random.default_rng(4).random((3, 28, 28)).astype("float32")
+    want = np.asarray(float32_model(bf16_model)(x, training=False))
+    assert np.abs(np.asarray(bf16_model(x, training=False)) - want).max() > 1e-3
+    export.export_saved_model(bf16_model, tmp_path / "sm", spec)
+    tflite, = export.export_litert(bf16_model, tmp_path / "lite", spec, batch=3)
+    onnx_file = export.export_onnx(bf16_model, tmp_path / "onnx", spec)
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    got = {"SavedModel": served(images=tf.constant(x))["logits"].numpy(),
+           "LiteRT": litert.Runner(tflite)(images=x)["logits"], "ONNX": onnx_export.Runner(onnx_file)(images=x)["logits"]}
+    for name, logits in got.items():
+        np.testing.assert_allclose(logits, want, rtol=0, atol=1e-5, err_msg=name)

@@ -1,6 +1,5 @@
 """notebooks/walkthrough.ipynb: executes top to bottom on a tiny budget, and is committed without outputs."""
 
-import os
 import re
 from pathlib import Path
 
