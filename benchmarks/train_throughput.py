@@ -12,11 +12,14 @@ alternating round-robin so that a noisy neighbour hurts all of them alike (`--ce
 - `tf_rnn_1step` — the same with one step per execution (`--steps-per-execution 1`): what the kernel gives alone;
 - `tf_rnn_avx2`  — `tf_rnn` with `TF_RNN_KERNEL_ISA=avx2`: the AVX2 products on an AVX-512 CPU, for the A/B of the
                    kernel's two paths (skipped on a CPU without avx512f, where `tf_rnn` runs them already);
+- `tf_rnn_bf16`  — `tf_rnn` with `--precision bfloat16`: the LSTM's products on AMX tiles (skipped without them);
 - `tf_rnn_keras` — `tf_rnn` with `TF_RNN_FUSED=0`: Keras' own layer inside tf_rnn's model and pipeline;
 - `keras_stock`  — a stock `keras.layers.LSTM(128)` (or `GRU`) + `Dense(10)` model, `fit` on NumPy arrays;
 - `legacy_port`  — the TF1 graph of `legacy_port.mnist_lstm` (`static_rnn`, `Session.run`; LSTM only);
 - `pytorch`      — `torch.nn.LSTM` (or `nn.GRU`) + `Linear`, a plain training loop (skipped when torch is not
-                   installed: `pip install -e ".[bench]"`).
+                   installed: `pip install -e ".[bench]"`);
+- `pytorch_bf16` — the same under `torch.autocast("cpu", torch.bfloat16)`: PyTorch's own mixed precision (oneDNN's
+                   bfloat16 LSTM, on AMX tiles where the CPU has them), beside `tf_rnn_bf16`.
 
 Reported: steady-state samples/s (after `--warmup` steps), median over `--repeats`, the ratio to PyTorch, peak
 RSS of each process, and achieved GFLOP/s against a float32 matmul peak measured in the same run (and once, bfloat16's:
@@ -39,7 +42,8 @@ from benchmarks import machine
 BATCH = 128
 # benchmarks.kernel_ab --training: the `tf_rnn` worker trains with this compiled library instead of the cache's.
 KERNEL_LIBRARY_ENV = "TF_RNN_BENCH_KERNEL_LIBRARY"
-CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2", "tf_rnn_keras", "keras_stock", "legacy_port", "pytorch")
+CONTENDERS = ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2", "tf_rnn_bf16", "tf_rnn_keras", "keras_stock", "legacy_port",
+              "pytorch", "pytorch_bf16")
 GATES = {"lstm": 4, "gru": 3}
 
 
@@ -66,7 +70,7 @@ def _timed(step, warmup: int, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def seed_model(x, y, cell: str, one_step: bool = False):
+def seed_model(x, y, cell: str, one_step: bool = False, precision: str = "float32"):
     """tf_rnn's seed model as `python -m tf_rnn.train` trains it → (model, endless training stream, steps per
     execution): the steps per execution it fits to the seed preset's epoch (the 55,000 images left after
     validation), or 1 with `one_step`. Also `benchmarks.step_profile`'s model."""
@@ -74,14 +78,15 @@ def seed_model(x, y, cell: str, one_step: bool = False):
     from tf_rnn.config import resolve
     from tf_rnn.models import build_model
 
-    config = resolve("seed", overrides={"cell": cell, **({"steps_per_execution": 1} if one_step else {})})
+    config = resolve("seed", overrides={"cell": cell, "precision": precision,
+                                        **({"steps_per_execution": 1} if one_step else {})})
     (x_train, _), _ = pipeline.split_validation(x, y, config.validation_split, config.seed)
     per_call = train.execution_steps(config.steps_per_execution, math.ceil(len(x_train) / BATCH))
     model = build_model(config, steps_per_execution=per_call)
     return model, pipeline.training_stream(x, y, BATCH, seed=0), per_call
 
 
-def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False):
+def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False, precision="float32"):
     import keras
 
     x, y = _data()
@@ -92,7 +97,7 @@ def run_tf_rnn(warmup, steps, cell, keras_stock=False, one_step=False):
                       metrics=["accuracy"])
         fit = dict(x=x.astype("float32") / 255, y=y, batch_size=BATCH)
     else:
-        model, stream, per_call = seed_model(x, y, cell, one_step)
+        model, stream, per_call = seed_model(x, y, cell, one_step, precision)
         # The epoch here only has to outlast the measurement and be a whole number of executions.
         fit = dict(x=stream, steps_per_epoch=len(x) // BATCH // per_call * per_call)
 
@@ -133,7 +138,7 @@ def run_legacy(warmup, steps):
             return _timed(step, warmup, steps)
 
 
-def run_pytorch(warmup, steps, cell):
+def run_pytorch(warmup, steps, cell, bf16=False):
     import numpy as np
     import torch
 
@@ -156,7 +161,9 @@ def run_pytorch(warmup, steps, cell):
     def step(i):
         s = slice((i * BATCH) % (len(x) - BATCH), (i * BATCH) % (len(x) - BATCH) + BATCH)
         opt.zero_grad()
-        loss_fn(net(images[s]), labels[s]).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(net(images[s]), labels[s])
+        loss.backward()
         opt.step()
 
     return _timed(step, warmup, steps)
@@ -185,14 +192,14 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
     import resource
 
     products = None  # For tf_rnn's rows: which of the kernel's micro-kernels ran (fused.info's "products").
-    if name == "pytorch":
-        rate = run_pytorch(warmup, steps, cell)
+    if name in ("pytorch", "pytorch_bf16"):
+        rate = run_pytorch(warmup, steps, cell, bf16=name == "pytorch_bf16")
     elif name == "legacy_port":
         rate = run_legacy(warmup, steps)
     elif name in ("peak", "peak_bfloat16"):
         rate = matmul_peak_gflops("bfloat16" if name == "peak_bfloat16" else "float32")
     else:
-        if name in ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2"):
+        if name in ("tf_rnn", "tf_rnn_1step", "tf_rnn_avx2", "tf_rnn_bf16"):
             import tensorflow as tf
 
             from tf_rnn import fused
@@ -209,8 +216,11 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
                 raise SystemExit("tf_rnn.fused is unavailable here (the warning above says why)")
             if name == "tf_rnn_avx2" and "avx512f" not in (fused.cpu_flags() or ()):
                 raise SystemExit("the CPU lacks avx512f: tf_rnn runs the AVX2 products already")
+            if name == "tf_rnn_bf16" and (cell != "lstm" or not fused.amx_available()):
+                raise SystemExit(fused.amx_problem() or "--precision bfloat16 is for the LSTM")
             products = fused.kernels().tf_rnn_kernel_isa().numpy().decode()  # Which micro-kernel this row timed.
-        rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock", one_step=name == "tf_rnn_1step")
+        rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock", one_step=name == "tf_rnn_1step",
+                          precision="bfloat16" if name == "tf_rnn_bf16" else "float32")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"name": name, "rate": rate, "rss_mb": rss_mb, "products": products}))
 

@@ -236,3 +236,23 @@ def test_throughput_peaks_multiply_in_the_dtype_they_are_reported_as(name, dtype
     monkeypatch.setattr(tf.linalg, "matmul", lambda a, b: seen.append(a.dtype.name) or a)
     train_throughput.worker(name, 0, 0, "lstm")
     assert set(seen) == {dtype} and json.loads(capsys.readouterr().out.splitlines()[-1])["name"] == name
+
+
+def test_precision_benchmark_refuses_without_amx_first_and_compares_the_seeds_means(monkeypatch, tmp_path, capsys):
+    """benchmarks.precision: a CPU without AMX is one line before any run (not after float32's first, minutes in);
+    elsewhere each preset's difference is the seeds' mean bfloat16 minus float32 accuracy, in points."""
+    from benchmarks import precision
+
+    monkeypatch.setattr(fused, "amx_problem", lambda: "no tiles here")
+    monkeypatch.setattr(precision, "one_run", lambda *a: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"^precision: no tiles here$"):
+        precision.main(["--seeds", "0"])
+    accuracy = {("float32", 0): 0.80, ("float32", 1): 0.84, ("bfloat16", 0): 0.81, ("bfloat16", 1): 0.82}
+    monkeypatch.setattr(fused, "amx_problem", lambda: None)
+    monkeypatch.setattr(precision, "one_run", lambda preset, p, seed, workdir: {
+        "test_accuracy": accuracy[p, seed], "epochs": 2, "train_examples": 1000,
+        "epoch_seconds": [9.0, 2.0 if p == "float32" else 1.0]})
+    assert precision.main(["--presets", "seed", "--seeds", "0", "1"]) == 0
+    row = json.loads(capsys.readouterr().out)["presets"]["seed"]
+    assert row["bfloat16_minus_float32_points"] == -0.5 and row["within_bar"]  # 0.815 - 0.82: on the bar, not over.
+    assert row["bfloat16_speedup"] == 2.0 and row["float32"]["samples_per_second"] == 500.0
