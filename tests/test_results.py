@@ -58,10 +58,12 @@ def _command(text: str) -> tuple[str, set]:
 
 
 def _cpu_cell_matches(cell: str, cpu: dict) -> None:
-    """`AMD EPYC, AVX2` names the file's CPU model and its widest vector extension."""
+    """`AMD EPYC, AVX2` names the file's CPU model and its widest vector extension, `+ AMX` where it has AMX tiles for
+    bfloat16 (what --precision bfloat16 needs)."""
     model, _, isa = cell.partition(",")
     assert model.strip() in cpu["model"], (cell, cpu)
     widest = "AVX-512" if "avx512f" in cpu["flags"] else "AVX2" if "avx2" in cpu["flags"] else "none"
+    widest += " + AMX" if {"amx_tile", "amx_bf16"} <= set(cpu["flags"]) else ""
     assert isa.strip() == widest, (cell, cpu)
 
 
@@ -104,13 +106,18 @@ def test_the_results_table_is_its_files_test_accuracy_and_train_time():
 
 def test_the_performance_table_is_its_files_ratios_on_the_cpu_it_names():
     rows = _table((ROOT / "README.md").read_text(), "| model | tf_rnn vs PyTorch")
-    assert {row[0] for row in rows} == {"LSTM(128)", "GRU(128)"}  # Both cells, on each CPU the rows name.
+    # Both cells, on each CPU the rows name; and the LSTM in bfloat16 against PyTorch's own bfloat16.
+    assert {row[0] for row in rows} == {"LSTM(128)", "GRU(128)", "LSTM(128), `--precision bfloat16`"}
     for model, vs_pytorch, vs_keras, cpu, file in rows:
         record = _load(file.strip("`"))
         medians = {name: c["samples_per_s_median"] for name, c in record["contenders"].items()}
         assert record["cell"] == model.partition("(")[0].lower(), file
-        _shown(vs_pytorch, medians["tf_rnn"] / medians["pytorch"])
-        _shown(vs_keras, medians["tf_rnn"] / medians["tf_rnn_keras"])
+        if "bfloat16" in model:  # Keras' layer has no bfloat16 products to compare: no figure.
+            assert "bfloat16 autocast" in vs_pytorch and vs_keras == "—"
+            _shown(vs_pytorch, medians["tf_rnn_bf16"] / medians["pytorch_bf16"])
+        else:
+            _shown(vs_pytorch, medians["tf_rnn"] / medians["pytorch"])
+            _shown(vs_keras, medians["tf_rnn"] / medians["tf_rnn_keras"])
         _cpu_cell_matches(cpu, _cpu(record))
         # A median of the repeats the file holds, not one repeat.
         for contender in record["contenders"].values():
@@ -154,3 +161,24 @@ def test_the_adding_sentence_is_the_medians_and_ranges_of_its_seeds():
         assert (median, low, high) == (statistics.median(reached[cell]), min(reached[cell]), max(reached[cell])), cell
     assert len(reached["simple"]) >= 3 and set(reached["simple"]) == {None}
     assert record["budget_steps"] == numbers[6]
+
+
+def test_the_bfloat16_bullet_is_the_precision_files_differences_and_speedups():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    found = re.search(r"On an AMX Xeon, (\d+) seeds each: ([−+][\d.]+) / ([−+][\d.]+) points of test accuracy from "
+                      r"float32 with the seed / default preset, ([\d.]+)× / ([\d.]+)× faster epochs "
+                      r"\(`precision_fashion_mnist.json`\)", text)
+    assert found, "the README's --precision bfloat16 bullet changed: update this test with it"
+    record = _load("precision_fashion_mnist.json")
+    assert len(record["seeds"]) == int(found.group(1)) >= 3
+    assert "Xeon" in _cpu(record)["model"] and {"amx_tile", "amx_bf16"} <= set(_cpu(record)["flags"])
+    for preset, points, speedup in (("seed", found.group(2), found.group(4)),
+                                    ("default", found.group(3), found.group(5))):
+        runs = record["presets"][preset]
+        f32, b16 = runs["float32"], runs["bfloat16"]
+        assert len(f32["test_accuracy"]) == len(b16["test_accuracy"]) == len(record["seeds"]), preset
+        # Recomputed from the seeds' accuracies and the epochs' samples/s, not read from the file's own summary.
+        difference = 100 * (statistics.mean(b16["test_accuracy"]) - statistics.mean(f32["test_accuracy"]))
+        _shown(points.lstrip("+−"), abs(difference))
+        assert points[0] == ("−" if difference < 0 else "+") and abs(difference) <= record["bar_points"], preset
+        _shown(speedup, b16["samples_per_second"] / f32["samples_per_second"])
