@@ -125,3 +125,21 @@ def kill_at_command(job: str, when: int, argv: list[str]) -> list[str]:
     import sys
 
     return [sys.executable, "-c", KILL_AT, job, str(when), *argv]
+
+
+def gradients_across_threads(script: str, tmp_path: Path, threads=(1, 2, 3, 4)):
+    """Runs `script` (argv: intra-op threads, an .npz path to write its gradients to) once per thread count in fresh
+    processes, asserts every run's arrays bitwise equal to the first's, and returns that first .npz."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for n in threads:
+        out = subprocess.run([sys.executable, "-c", script, str(n), str(tmp_path / f"g{n}.npz")], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+    grads = [np.load(tmp_path / f"g{n}.npz") for n in threads]
+    for g in grads[1:]:
+        for key in grads[0].files:
+            np.testing.assert_array_equal(g[key], grads[0][key])
+    return grads[0]

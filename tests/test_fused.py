@@ -427,17 +427,11 @@ THREADS = textwrap.dedent("""
 
 
 def test_gradients_are_bitwise_equal_with_1_to_4_threads(kernels, tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for n in (1, 2, 3, 4):
-        out = subprocess.run([sys.executable, "-c", THREADS, str(n), str(tmp_path / f"g{n}.npz")], env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-    grads = [np.load(tmp_path / f"g{n}.npz") for n in (1, 2, 3, 4)]
-    for g in grads[1:]:
-        for key in grads[0].files:
-            np.testing.assert_array_equal(g[key], grads[0][key])
-    assert len(grads[0].files) == 6  # LSTM's and GRU's kernel, recurrent kernel and bias gradients.
-    assert np.abs(grads[0]["arr_1"]).max() > 0 and np.abs(grads[0]["arr_4"]).max() > 0  # Real sums over rows, steps.
+    from support import gradients_across_threads
+
+    grads = gradients_across_threads(THREADS, tmp_path)
+    assert len(grads.files) == 6  # LSTM's and GRU's kernel, recurrent kernel and bias gradients.
+    assert np.abs(grads["arr_1"]).max() > 0 and np.abs(grads["arr_4"]).max() > 0  # Real sums over rows, steps.
 
 
 @pytest.mark.parametrize("device, reason", [("GPU", "a GPU is visible"), ("TPU", "a TPU is visible")])

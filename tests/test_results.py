@@ -145,12 +145,17 @@ def test_the_deployment_table_is_the_latency_and_quantization_files():
         _shown(accuracy, next(r for r in quantization["rows"] if r["format"].startswith(scored))["test_accuracy"])
 
 
+def _sentence(pattern: str, what: str) -> re.Match:
+    """The README's sentence matching `pattern` (line breaks read as spaces)."""
+    found = re.search(pattern, " ".join((ROOT / "README.md").read_text().split()))
+    assert found, f"the README's {what} changed: update this test with it"
+    return found
+
+
 def test_the_adding_sentence_is_the_medians_and_ranges_of_its_seeds():
-    text = " ".join((ROOT / "README.md").read_text().split())
-    found = re.search(r"test MSE falls below ([\d.]+) after a median of ([\d,]+) steps \(([\d,]+)–([\d,]+)\) "
+    found = _sentence(r"test MSE falls below ([\d.]+) after a median of ([\d,]+) steps \(([\d,]+)–([\d,]+)\) "
                       r"with a GRU, ([\d,]+) \(([\d,]+)–([\d,]+)\) with an LSTM, never in ([\d,]+) with the "
-                      r"vanilla RNN", text)
-    assert found, "the README's sentence on the adding problem changed: update this test with it"
+                      r"vanilla RNN", "sentence on the adding problem")
     record = _load("adding.json")
     runs = [r for r in record["runs"].values() if r["seq_len"] == 100]  # "at T = 100"
     reached = {cell: [r["reached"] for r in runs if r["cell"] == cell] for cell in ("gru", "lstm", "simple")}
@@ -164,11 +169,9 @@ def test_the_adding_sentence_is_the_medians_and_ranges_of_its_seeds():
 
 
 def test_the_bfloat16_bullet_is_the_precision_files_differences_and_speedups():
-    text = " ".join((ROOT / "README.md").read_text().split())
-    found = re.search(r"On an AMX Xeon, (\d+) seeds each: ([−+][\d.]+) / ([−+][\d.]+) points of test accuracy from "
+    found = _sentence(r"On an AMX Xeon, (\d+) seeds each: ([−+][\d.]+) / ([−+][\d.]+) points of test accuracy from "
                       r"float32 with the seed / default preset, ([\d.]+)× / ([\d.]+)× faster epochs "
-                      r"\(`precision_fashion_mnist.json`\)", text)
-    assert found, "the README's --precision bfloat16 bullet changed: update this test with it"
+                      r"\(`precision_fashion_mnist.json`\)", "--precision bfloat16 bullet")
     record = _load("precision_fashion_mnist.json")
     assert len(record["seeds"]) == int(found.group(1)) >= 3
     assert "Xeon" in _cpu(record)["model"] and {"amx_tile", "amx_bf16"} <= set(_cpu(record)["flags"])
