@@ -33,6 +33,25 @@ def bf16(a):
     return tf.cast(tf.cast(tf.constant(a, tf.float32), tf.bfloat16), tf.float64).numpy()
 
 
+def mixed_only_in_its_head(model):
+    """Asserts what --precision bfloat16 builds — the recurrent stack float32, the head under mixed_bfloat16, the
+    outputs float32, the global policy left float32 — and returns models.float32_model's copy, asserted all float32
+    with the same weights."""
+    import keras
+
+    from tf_rnn.models import float32_model
+
+    assert keras.config.dtype_policy().name == "float32"  # The policy was the model's, not left global.
+    assert model.get_layer("rnn").dtype_policy.name == "float32"
+    assert model.get_layer("logits").dtype_policy.name == "mixed_bfloat16"
+    assert model.output.dtype == "float32"
+    copy = float32_model(model)
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    for a, b in zip(copy.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    return copy
+
+
 def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
@@ -204,7 +223,6 @@ def test_training_runs_the_bfloat16_products_and_saves_a_float32_serving_model(o
     from support import synthetic_arrays
     from tf_rnn import train
     from tf_rnn.config import resolve
-    from tf_rnn.models import float32_model
 
     calls = []
     real = fused.lstm
@@ -218,12 +236,7 @@ def test_training_runs_the_bfloat16_products_and_saves_a_float32_serving_model(o
         calls.clear()
     assert weights["float32"] != weights["bfloat16"]
     model = keras.saving.load_model(tmp_path / "bfloat16" / "model.keras")
-    assert model.get_layer("rnn").dtype_policy.name == "float32"
-    assert model.get_layer("logits").dtype_policy.name == "mixed_bfloat16"
-    assert model.output.dtype == "float32"
-    assert keras.config.dtype_policy().name == "float32"  # The policy was the model's, not left global.
-    copy = float32_model(model)
-    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    copy = mixed_only_in_its_head(model)
     x = synthetic_arrays().x_test[:8].astype("float32") / 255
     served = tf.saved_model.load(str(tmp_path / "bfloat16" / "saved_model")).signatures["serving_default"]
     np.testing.assert_allclose(served(images=tf.constant(x))["logits"], copy(x), rtol=1e-5, atol=1e-5)
@@ -249,18 +262,7 @@ def bf16_model():
 
 
 def test_the_bfloat16_model_is_mixed_only_in_its_head_on_any_cpu(bf16_model):
-    import keras
-
-    from tf_rnn.models import float32_model
-
-    assert keras.config.dtype_policy().name == "float32"  # The policy was the model's, not left global.
-    assert bf16_model.get_layer("rnn").dtype_policy.name == "float32"
-    assert bf16_model.get_layer("logits").dtype_policy.name == "mixed_bfloat16"
-    assert bf16_model.output.dtype == "float32"
-    copy = float32_model(bf16_model)
-    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
-    for a, b in zip(copy.get_weights(), bf16_model.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    mixed_only_in_its_head(bf16_model)
 
 
 def test_the_layer_asks_the_kernel_for_its_precision(monkeypatch):
