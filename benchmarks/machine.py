@@ -10,23 +10,28 @@ from pathlib import Path
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
-def cpu() -> dict:
-    """`{"model": "AMD EPYC ...", "flags": ["avx2", "fma"], "cpus": 2}` from /proc/cpuinfo (else `platform`)."""
-    model, flags = platform.processor() or platform.machine() or "unknown", set()
-    info = Path("/proc/cpuinfo")
+def cpu(info: Path = Path("/proc/cpuinfo")) -> dict:
+    """`{"model": "AMD EPYC ...", "family": "25/17", "flags": ["avx2", "fma"], "cpus": 2}` from /proc/cpuinfo (else
+    `platform`). `family` is CPUID's family/model pair: VMs often name only "AMD EPYC", and an AVX2-only EPYC and
+    one with AVX-512 (Zen 4, 25/17) differ in it (and in the flags)."""
+    model, flags, ids = platform.processor() or platform.machine() or "unknown", set(), {}
     for line in info.read_text().splitlines() if info.exists() else []:
         key, _, value = line.partition(":")
         if key.strip() == "model name":
             model = value.strip()
+        elif key.strip() in ("cpu family", "model"):
+            ids.setdefault(key.strip(), value.strip())  # The first CPU's; every vCPU of a VM reports the same.
         elif key.strip() == "flags":
             flags = set(value.split())
-    return {"model": model, "flags": [f for f in VECTOR_FLAGS if f in flags], "cpus": os.cpu_count()}
+    return {"model": model, "family": "/".join(ids[k] for k in ("cpu family", "model") if k in ids) or None,
+            "flags": [f for f in VECTOR_FLAGS if f in flags], "cpus": os.cpu_count()}
 
 
-def cpu_name() -> str:
-    """One line: `AMD EPYC 7B13 (avx2, fma; 2 CPUs)`."""
-    c = cpu()
-    return f"{c['model']} ({', '.join(c['flags']) or 'no AVX2'}; {c['cpus']} CPUs)"
+def cpu_name(info: Path = Path("/proc/cpuinfo")) -> str:
+    """One line: `AMD EPYC 7B13 (family 25/1; avx2, fma; 2 CPUs)`."""
+    c = cpu(info)
+    family = f"family {c['family']}; " if c["family"] else ""
+    return f"{c['model']} ({family}{', '.join(c['flags']) or 'no AVX2'}; {c['cpus']} CPUs)"
 
 
 def write_result(path, module: str, **fields) -> None:

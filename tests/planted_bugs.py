@@ -196,6 +196,8 @@ BUGS = [
  ("bf16: LiteRT written from the bfloat16 head", "tf_rnn/export.py", "    model = float32_model(model)  # LiteRT", "    model = model  # LiteRT", "tests/test_bfloat16.py -k float32_copy"),
  ("bf16: outputs left in bfloat16", "tf_rnn/models.py", "outputs = keras.layers.Activation(\"linear\", dtype=\"float32\", name=\"float32_outputs\")(outputs)", "outputs = keras.layers.Activation(\"linear\", name=\"float32_outputs\")(outputs)", "tests/test_bfloat16.py -k 'training_runs or any_cpu'"),
  ("bf16: the policy left global after building", "tf_rnn/models.py", "    finally:\n        keras.config.set_dtype_policy(policy)\n", "    finally:\n        pass\n", "tests/test_bfloat16.py -k 'training_runs or any_cpu'"),
+ ("result files: family without its model", "benchmarks/machine.py", 'for k in ("cpu family", "model") if k in ids', 'for k in ("cpu family",) if k in ids', "tests/test_benchmarks.py -k machine_names"),
+ ("result files: a non-vector flag recorded", "benchmarks/machine.py", '"flags": [f for f in VECTOR_FLAGS if f in flags]', '"flags": sorted(flags)', "tests/test_benchmarks.py -k machine_names"),
 ]
 
 

@@ -42,6 +42,20 @@ def test_gru_only_tf_rnn_json_is_one_rate_per_contender(fashion_dir, tmp_path):
         assert report["contenders"]["tf_rnn_avx2"]["products"] == "avx2 (TF_RNN_KERNEL_ISA=avx2)" + bf16
 
 
+def test_the_machine_names_the_cpu_family_and_only_the_vector_flags_that_choose_code(tmp_path):
+    # Two vCPUs of a VM that calls itself "AMD EPYC": the family/model pair tells a Zen 4 (AVX-512) from older ones.
+    block = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+             "model name\t: AMD EPYC\nflags\t\t: fpu sse avx512_bf16 fma avx2 avx512f amx_tile\n\n")
+    info = tmp_path / "cpuinfo"
+    info.write_text(block.format(n=0) + block.format(n=1))
+    c = machine.cpu(info)
+    assert (c["model"], c["family"]) == ("AMD EPYC", "25/17")
+    assert c["flags"] == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]  # VECTOR_FLAGS' order, nothing else.
+    assert machine.cpu_name(info).startswith("AMD EPYC (family 25/17; avx2, fma, avx512f, avx512_bf16, amx_tile; ")
+    info.write_text("model name\t: Some CPU\nflags\t\t: sse\n")  # No family lines (not x86): none claimed.
+    assert machine.cpu(info)["family"] is None and machine.cpu_name(info).startswith("Some CPU (no AVX2; ")
+
+
 def test_kernel_ab_renames_every_op_and_names_a_bad_revision():
     """The A/B's two libraries load side by side only if every op of the kernel gets the tag; a revision that does not
     exist is one line, before anything is compiled."""
