@@ -218,7 +218,10 @@ def worker(name: str, warmup: int, steps: int, cell: str) -> None:
                 raise SystemExit("the CPU lacks avx512f: tf_rnn runs the AVX2 products already")
             if name == "tf_rnn_bf16" and (cell != "lstm" or not fused.amx_available()):
                 raise SystemExit(fused.amx_problem() or "--precision bfloat16 is for the LSTM")
-            products = fused.kernels().tf_rnn_kernel_isa().numpy().decode()  # Which micro-kernel this row timed.
+            # Which micro-kernel this row timed. A kernel from before issue 26 (kernel_ab --training against an old
+            # revision) has no info op and one path: AVX2.
+            isa_op = getattr(fused.kernels(), "tf_rnn_kernel_isa", None)
+            products = isa_op().numpy().decode() if isa_op else "avx2 (a kernel without the info op)"
         rate = run_tf_rnn(warmup, steps, cell, keras_stock=name == "keras_stock", one_step=name == "tf_rnn_1step",
                           precision="bfloat16" if name == "tf_rnn_bf16" else "float32")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
