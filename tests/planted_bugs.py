@@ -198,8 +198,12 @@ BUGS = [
  ("bf16: the policy left global after building", "tf_rnn/models.py", "    finally:\n        keras.config.set_dtype_policy(policy)\n", "    finally:\n        pass\n", "tests/test_bfloat16.py -k 'training_runs or any_cpu'"),
  ("result files: family without its model", "benchmarks/machine.py", 'for k in ("cpu family", "model") if k in ids', 'for k in ("cpu family",) if k in ids', "tests/test_benchmarks.py -k machine_names"),
  ("result files: a non-vector flag recorded", "benchmarks/machine.py", '"flags": [f for f in VECTOR_FLAGS if f in flags]', '"flags": sorted(flags)', "tests/test_benchmarks.py -k machine_names"),
+ ("worker: a call the chief's death cut is not sent again", "tf_rnn/tune.py", "code != grpc.StatusCode.UNAVAILABLE or self._clock() + 1.0 >= deadline", "True", "tests/test_tune_distributed.py -k 'sent_again or bound'"),
+ ("worker: any failed call is sent again", "tf_rnn/tune.py", "code != grpc.StatusCode.UNAVAILABLE or self._clock() + 1.0 >= deadline", "self._clock() + 1.0 >= deadline", "tests/test_tune_distributed.py -k 'sent_again or bound'"),
+ ("worker: a call sent again without end", "tf_rnn/tune.py", "code != grpc.StatusCode.UNAVAILABLE or self._clock() + 1.0 >= deadline", "code != grpc.StatusCode.UNAVAILABLE", "tests/test_tune_distributed.py -k 'sent_again or bound'"),
+ ("worker: each retry gets the whole bound", "tf_rnn/tune.py", '"timeout": max(deadline - self._clock(), 0.0)', '"timeout": self._timeout', "tests/test_tune_distributed.py -k 'sent_again or bound'"),
+ ("chief: an EndTrial sent again counted twice", "tf_rnn/tune_chief.py", 'if name == "end_trial" and args[0].trial_id in self.end_order:', 'if False:', "tests/test_tune_distributed.py -k 'sent_again or bound'"),
 ]
-
 
 
 def main(only: list[str]) -> int:

@@ -127,6 +127,39 @@ def kill_at_command(job: str, when: int, argv: list[str]) -> list[str]:
     return [sys.executable, "-c", KILL_AT, job, str(when), *argv]
 
 
+# A tuning chief (argv: a trial id, then tune's flags) that SIGKILLs itself inside keras-tuner's CreateTrial once
+# the oracle has created and saved that trial, before its worker hears of it: a chief dying in the middle of a call.
+KILL_CHIEF_IN_CALL = """
+import os, signal, sys
+from keras_tuner.src.distribute import oracle_chief
+from tf_rnn import tune
+
+trial_id, argv = sys.argv[1], sys.argv[2:]
+create_trial = oracle_chief.OracleServicer.CreateTrial
+
+
+def create_trial_and_die(self, request, context):
+    reply = create_trial(self, request, context)
+    if reply.trial.trial_id == trial_id:
+        print(f"KILLED in CreateTrial: trial {trial_id} saved, not sent", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return reply
+
+
+oracle_chief.OracleServicer.CreateTrial = create_trial_and_die  # Before the server binds its handlers.
+settings, workdir, overwrite = tune.parse_flags(argv)
+tune.tune_and_evaluate(settings, workdir, overwrite=overwrite)
+raise SystemExit("not killed: trial " + trial_id + " was never created")
+"""
+
+
+def chief_killed_in_call_command(trial_id: str, argv: list[str]) -> list[str]:
+    """The command of a tuning chief that dies inside the CreateTrial call that creates `trial_id`."""
+    import sys
+
+    return [sys.executable, "-c", KILL_CHIEF_IN_CALL, trial_id, *argv]
+
+
 def gradients_across_threads(script: str, tmp_path: Path, threads=(1, 2, 3, 4)):
     """Runs `script` (argv: intra-op threads, an .npz path to write its gradients to) once per thread count in fresh
     processes, asserts every run's arrays bitwise equal to the first's, and returns that first .npz."""

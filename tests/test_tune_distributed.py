@@ -146,14 +146,28 @@ def wait(process, seconds=600):
         raise
 
 
+def logs(tmp_path, *names) -> dict:
+    return {name: (tmp_path / f"{name}.log").read_text()[-2000:] for name in names}
+
+
+def wait_for_workers_then_chief(workers: dict, chief, tmp_path) -> None:
+    """Asserts that every worker ({tuner id: process}), then the chief, exits 0. A worker that failed stops the chief
+    at once: a chief waits for a dead worker's trial (tune's docstring), so the test would hang, not fail."""
+    for name, worker in workers.items():
+        code = wait(worker)
+        if code != 0:
+            chief.kill()
+            chief.wait()
+            pytest.fail(f"{name} exited {code}: {logs(tmp_path, name, 'chief')}")
+    assert wait(chief) == 0, logs(tmp_path, "chief", *workers)
+
+
 @pytest.mark.slow
 def test_chief_and_two_workers_finish_a_search_together(tmp_path):
     argv, port = search_argv(tmp_path), free_port()
     chief = start(argv, port, "chief", tmp_path)
-    workers = [start(argv, port, f"worker{i}", tmp_path) for i in range(2)]
-    codes = [wait(p) for p in workers] + [wait(chief)]
-    logs = {name: (tmp_path / f"{name}.log").read_text()[-2000:] for name in ("chief", "worker0", "worker1")}
-    assert codes == [0, 0, 0], logs
+    workers = {f"worker{i}": start(argv, port, f"worker{i}", tmp_path) for i in range(2)}
+    wait_for_workers_then_chief(workers, chief, tmp_path)
     ids = trial_ids(tmp_path)
     assert len(ids) == 4 and len(set(ids)) == 4, ids
     ran = [finished_by(tmp_path, f"worker{i}") for i in range(2)]
@@ -177,31 +191,38 @@ def test_a_worker_killed_mid_trial_and_restarted_lets_the_search_finish(tmp_path
     assert lost
     os.rename(tmp_path / "worker1.log", tmp_path / "worker1-killed.log")
     again = start(argv, port, "worker1", tmp_path)  # The same command: it takes its interrupted trial back.
-    codes = [wait(again), wait(steady), wait(chief)]
-    assert codes == [0, 0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("chief", "worker0", "worker1")]
+    wait_for_workers_then_chief({"worker1": again, "worker0": steady}, chief, tmp_path)
     ids = trial_ids(tmp_path)
     assert len(ids) == 4 and len(set(ids)) == 4, ids
     assert (tmp_path / "s" / "best_run" / "metrics.json").exists()
 
 
 @pytest.mark.slow
-def test_a_chief_killed_and_restarted_resumes_the_search(tmp_path):
+def test_a_chief_killed_in_a_call_and_in_a_trial_and_restarted_resumes_the_search(tmp_path):
+    """The chief dies twice, and the same command brings it back each time: inside the worker's call that creates
+    trial 1 (saved at the chief, never sent), then while the worker trains trial 2. The worker goes on across both."""
+    from support import chief_killed_in_call_command
+
     argv, port = search_argv(tmp_path), free_port()
-    chief = start(argv, port, "chief", tmp_path)
+    chief = start(argv, port, "chief", tmp_path, command=chief_killed_in_call_command("1", argv))
     worker = start(argv, port, "worker0", tmp_path)
+    assert wait(chief) == -signal.SIGKILL, logs(tmp_path, "chief", "worker0")
+    os.rename(tmp_path / "chief.log", tmp_path / "chief-killed-in-call.log")
+    chief = start(argv, port, "chief", tmp_path)  # It reloads the oracle and serves again.
     deadline = time.monotonic() + 600
-    while not finished_by(tmp_path, "worker0"):
-        assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "worker0.log").read_text()[-2000:]
+    while not (tmp_path / "s" / "tensorboard" / "2").exists():  # The worker writes it as it starts training trial 2.
+        assert worker.poll() is None and chief.poll() is None and time.monotonic() < deadline, logs(
+            tmp_path, "chief", "worker0")
         time.sleep(0.2)
-    chief.send_signal(signal.SIGKILL)  # Trial 0 is over and the worker is in trial 1: the chief dies.
+    chief.kill()
     chief.wait()
-    os.rename(tmp_path / "chief.log", tmp_path / "chief-killed.log")
-    chief = start(argv, port, "chief", tmp_path)  # The same command: it reloads the oracle and serves again.
-    codes = [wait(worker), wait(chief)]
-    assert codes == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("chief", "worker0")]
+    os.rename(tmp_path / "chief.log", tmp_path / "chief-killed-in-trial.log")
+    chief = start(argv, port, "chief", tmp_path)
+    wait_for_workers_then_chief({"worker0": worker}, chief, tmp_path)
     ids, ran = trial_ids(tmp_path), finished_by(tmp_path, "worker0")
-    assert len(ids) == 4 and len(set(ids)) == 4, ids
-    assert sorted(ran) == sorted(ids), ran  # The worker kept going across the restart, and ran no trial twice.
+    assert sorted(ids) == ["0", "1", "2", "3"], ids
+    assert sorted(ran) == sorted(ids), ran  # The worker kept going across both restarts, and ran no trial twice.
+    assert "trial 2 finished (started before this chief)" in (tmp_path / "chief.log").read_text()
     assert (tmp_path / "s" / "best_run" / "saved_model" / "saved_model.pb").exists()
 
 
@@ -316,11 +337,28 @@ def test_a_finished_trial_is_not_run_again_after_a_chief_restart(tmp_path):
     assert again._retry_queue == [] and again.create_trial("worker0").trial_id != done
 
 
-def test_a_trial_killed_with_the_chief_is_run_again(tmp_path):
+@pytest.mark.parametrize("asks", ["worker0", "worker1"])
+def test_a_trial_killed_with_the_chief_is_run_again(tmp_path, asks):
     oracle = oracle_in(tmp_path)
     running = oracle.create_trial("worker0").trial_id
-    again = restarted(tmp_path)  # Nobody reports it: its worker died too.
-    assert again.create_trial("worker1").trial_id == running
+    # Nobody reports it: its worker died too (worker1 asks), or the chief died before its reply reached worker0,
+    # which asks again.
+    again = restarted(tmp_path)
+    assert again.create_trial(asks).trial_id == running
+
+
+def test_an_end_trial_sent_again_after_a_chief_restart_is_recorded_once(tmp_path, capsys):
+    oracle = oracle_in(tmp_path)
+    done = oracle.create_trial("worker0").trial_id
+    finish(oracle, done, accuracy=0.25)  # The chief records it and dies before its reply reaches the worker...
+    again = restarted(tmp_path)
+    capsys.readouterr()
+    finish(again, done, accuracy=0.25, served=True)  # ...which sends it again, to the new chief.
+    assert again.end_order == [done] and again._run_times[done] == 1, (again.end_order, again._run_times)
+    assert capsys.readouterr().out == "" and exits_in_time(again)
+    nxt = again.create_trial("worker0").trial_id
+    finish(again, nxt, served=True)  # A trial's first EndTrial is still recorded, and printed.
+    assert again.end_order == [done, nxt] and f"trial {nxt} finished" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("call", ["update_trial", "end_trial", "create_trial"])
@@ -437,7 +475,67 @@ def test_a_worker_bounds_every_call_to_the_chief(tmp_path, monkeypatch):
     assert tune_chief.KERAS_TUNER_SERIES  # The bound relies on keras-tuner 1.4's client (its `stub`).
     with pytest.raises(KeyboardInterrupt):
         tune.tune_and_evaluate(settings_, tmp_path / "s")
-    assert calls and all(c.get("timeout") == 7.5 for c in calls)
+    assert calls and all(c.get("timeout") == pytest.approx(7.5, abs=0.5) for c in calls)
+
+
+def bounded_stub(outcomes, timeout=10.0, seconds_per_call=2.0):
+    """`tune._Bounded` over a stub whose CreateTrial takes `seconds_per_call` of a fake clock and then raises (a
+    `grpc.StatusCode`: an RpcError with it, as gRPC raises) or returns each of `outcomes` in turn; returns (the
+    bounded stub, the timeouts each attempt was given)."""
+    import grpc
+
+    class RpcError(grpc.RpcError):
+        def __init__(self, code):
+            super().__init__(code)
+            self._code = code
+
+        def code(self):
+            return self._code
+
+    now, timeouts = [100.0], []
+
+    class Stub:
+        def CreateTrial(self, request, **kwargs):
+            assert request == "request" and kwargs["wait_for_ready"] is True  # Sent again unchanged.
+            timeouts.append(kwargs["timeout"])
+            now[0] += seconds_per_call
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, grpc.StatusCode):
+                raise RpcError(outcome)
+            return outcome
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    return tune._Bounded(Stub(), timeout, clock=lambda: now[0], sleep=sleep), timeouts
+
+
+def test_a_call_the_chiefs_death_cut_is_sent_again_within_the_bound():
+    import grpc
+
+    cut = grpc.StatusCode.UNAVAILABLE  # A call in flight when the chief died: "Stream removed (Socket closed)".
+    stub, timeouts = bounded_stub([cut, cut, "reply"])
+    assert stub.CreateTrial("request", wait_for_ready=True) == "reply"
+    assert timeouts == [10.0, 7.0, 4.0]  # What is left of the call's 10 s: 2 s a call, 1 s between them.
+
+
+def test_a_chief_that_stays_away_fails_the_call_once_the_bound_is_spent():
+    import grpc
+
+    stub, timeouts = bounded_stub([grpc.StatusCode.UNAVAILABLE] * 10)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateTrial("request", wait_for_ready=True)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and timeouts == [10.0, 7.0, 4.0, 1.0]
+
+
+@pytest.mark.parametrize("code", ["DEADLINE_EXCEEDED", "UNKNOWN", "INVALID_ARGUMENT"])
+def test_a_call_the_chief_answered_with_an_error_is_not_sent_again(code):
+    import grpc
+
+    stub, timeouts = bounded_stub([getattr(grpc.StatusCode, code), "reply"])
+    with pytest.raises(grpc.RpcError) as e:  # The chief's own error, or the bound spent: the worker fails.
+        stub.CreateTrial("request", wait_for_ready=True)
+    assert e.value.code() == getattr(grpc.StatusCode, code) and timeouts == [10.0]
 
 
 def test_a_keras_tuner_the_repairs_were_not_written_for_is_refused_in_one_line(monkeypatch):

@@ -9,8 +9,9 @@ storage all of them share. What happens when a process dies:
   with its id).
 - A chief killed and started again with the same command reloads the oracle from the workdir and serves again
   (`tune_chief.restart_safe` repairs what keras-tuner 1.4 gets wrong after a restart). The workers
-  wait for it, each call up to `--chief-timeout` seconds; the trial a worker was running is kept when it reports
-  it; trials of workers that died too go back in the queue; finished (completed or failed) trials never run again.
+  wait for it, each call up to `--chief-timeout` seconds, and send again a call its death cut (`_Bounded`); the
+  trial a worker was running is kept when it reports it; trials of workers that died too go back in the queue;
+  finished (completed or failed) trials never run again.
 - A worker that cannot reach the chief fails within `--chief-timeout` seconds with one line naming the address,
   and so does one whose chief stays away longer, at its next call: start it again once the chief is back.
 - `--overwrite` is the chief's alone; workers write only their trials' files (checkpoints, `tensorboard/<trial>`,
@@ -27,6 +28,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -313,15 +315,35 @@ def make_tuner(tune: TuneConfig, workdir: Path, arrays: Arrays, strategy=None, o
 
 
 class _Bounded:
-    """A gRPC stub whose every call waits at most `timeout` seconds: keras-tuner's client waits up to an hour per
-    call, so a dead chief would look like a hang."""
+    """A gRPC stub whose every call waits at most `timeout` seconds for the chief, retries included.
 
-    def __init__(self, stub, timeout: float):
-        self._stub, self._timeout = stub, timeout
+    keras-tuner's client waits up to an hour per call, so a dead chief would look like a hang. And a call that was
+    in flight when the chief died fails UNAVAILABLE at once: it is sent again (waiting for the chief to be back)
+    until the call's `timeout` is spent. Sending again is safe: the restarted chief queues a trial it created but
+    never sent, so the next CreateTrial hands it over; it ignores an EndTrial it already recorded
+    (`tune_chief.restart_safe`).
+    """
+
+    def __init__(self, stub, timeout: float, clock=time.monotonic, sleep=time.sleep):
+        self._stub, self._timeout, self._clock, self._sleep = stub, timeout, clock, sleep
 
     def __getattr__(self, name):
         call = getattr(self._stub, name)
-        return lambda request, **kwargs: call(request, **{**kwargs, "timeout": self._timeout})
+
+        def bounded(request, **kwargs):
+            import grpc
+
+            deadline = self._clock() + self._timeout
+            while True:
+                try:
+                    return call(request, **{**kwargs, "timeout": max(deadline - self._clock(), 0.0)})
+                except grpc.RpcError as e:
+                    code = e.code() if callable(getattr(e, "code", None)) else None
+                    if code != grpc.StatusCode.UNAVAILABLE or self._clock() + 1.0 >= deadline:
+                        raise
+                self._sleep(1.0)  # The old chief's socket is closing; keras-tuner's wait_for_ready does the rest.
+
+        return bounded
 
 
 def _rpc_reason(error: Exception) -> str:

@@ -9,7 +9,8 @@ repaired in an oracle subclass (`restart_safe`):
   a trial that was running when the chief died, would raise `KeyError` at its end; it stays silent here, verbose
   0, so it reads nothing: the oracle prints its own lines by trial id.)
 - `end_trial`: a trial that was running when the chief restarted went back to the retry queue; its worker
-  finished it, so it leaves the queue.
+  finished it, so it leaves the queue. And a worker whose EndTrial was cut by the chief's death sends it again
+  (`tune._Bounded`): one the chief had already recorded (in its end order) is ignored, not counted twice.
 - Every synchronized call (`create_trial`, `update_trial`, `end_trial`): `keras_tuner.synchronized` releases the
   oracle's lock only when the call returns, so an exception left it held and the chief's exit check waited on it
   forever (keras-team/keras-tuner#915). Here the call runs inside a synchronized helper that catches the error
@@ -53,6 +54,9 @@ class _Raised:
         self.error = error
 
 
+_REPEATED = object()  # end_trial's outcome for a trial the oracle had already ended.
+
+
 def restart_safe(oracle_class):
     """A subclass of the keras-tuner oracle class `oracle_class` with the repairs of this module's docstring."""
     import keras_tuner as kt
@@ -83,6 +87,8 @@ def restart_safe(oracle_class):
         @kt.synchronized
         def _locked(self, name: str, *args, **kwargs):
             try:
+                if name == "end_trial" and args[0].trial_id in self.end_order:
+                    return _REPEATED
                 if name == "end_trial" and args[0].trial_id in self._retry_queue:
                     self._retry_queue.remove(args[0].trial_id)
                 return getattr(super(RestartSafe, self), name)(*args, **kwargs)
@@ -109,6 +115,8 @@ def restart_safe(oracle_class):
 
         def end_trial(self, trial):
             outcome = self._call("end_trial", trial)
+            if outcome is _REPEATED:
+                return None
             print(self._ended(self.trials.get(trial.trial_id, trial)), flush=True)
             return outcome
 
