@@ -111,6 +111,40 @@ def test_search_writes_ranked_trials_best_config_and_tested_best_run(tmp_path, c
         assert values["batch_size"] == float(row["batch_size"]) and values["cell"] == row["cell"]
 
 
+def test_a_search_drops_tensorflows_retracing_warning_and_nothing_else(tmp_path):
+    """From a search's fifth trial on, TensorFlow warned that functions were "retraced" (each trial's model is new)
+    and advised fixing a loop: inside the search that one warning is dropped, any other kept; outside, both."""
+    import logging
+
+    import keras
+    import tensorflow as tf
+
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    tf_logger = logging.getLogger("tensorflow")
+
+    def retrace(fn):  # What a search does: a new tf.function per trial, each traced once.
+        for i in range(6):
+            tf.function(fn)(tf.constant(i))
+        tf_logger.warning("another warning")
+
+    class RetracesInATrial(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            retrace(lambda x: x + 1)
+
+    tf_logger.addHandler(handler)
+    try:
+        tune.tune_and_evaluate(tune.TuneConfig(**TINY), tmp_path / "s", arrays=synthetic_arrays(),
+                               extra_callbacks=[RetracesInATrial()])
+        inside, logged[:] = list(logged), []
+        retrace(lambda x: x + 2)  # Another function: TensorFlow's detector counts each function's traces apart.
+    finally:
+        tf_logger.removeHandler(handler)
+    assert inside.count("another warning") == 2 and not any("retracing" in m for m in inside), inside
+    assert any("triggered tf.function retracing" in m for m in logged) and "another warning" in logged, logged
+
+
 def test_a_hyperband_search_says_why_it_ran_fewer_trials_than_max_trials(tmp_path, capsys):
     # Hyperband's brackets at max_epochs 1 hold one trial: asked for 3, the search ends after 1, and says why.
     settings = tune.TuneConfig(**{**TINY, "tuner": "hyperband", "epochs": 1, "max_trials": 3})

@@ -21,9 +21,11 @@ storage all of them share. What happens when a process dies:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -382,6 +384,29 @@ def write_trials_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+class _NoRetracingWarning(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function ...> triggered tf.function retracing" warning.
+
+    Why: every trial builds a new model, whose training and evaluation functions are each traced once; TensorFlow
+    counts them as one function traced again and again, and from the fifth trial on advises fixing a loop that is
+    the search itself. Nothing else TensorFlow logs is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def trials_traced_quietly():
+    """The search runs inside this: `_NoRetracingWarning` on TensorFlow's logger, removed again afterwards."""
+    logger, quiet = logging.getLogger("tensorflow"), _NoRetracingWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def check_workdir(tune: TuneConfig, workdir: Path, overwrite: bool) -> None:
     """Refuses to mix a search with another one's results.
 
@@ -473,7 +498,8 @@ def tune_and_evaluate(tune: TuneConfig, workdir, *, arrays=None, strategy=None, 
               "KERASTUNER_TUNER_ID=worker0, worker1, ...)", flush=True)
     try:
         # On the chief keras-tuner serves the (restart-safe) oracle until the workers have run every trial.
-        tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        with trials_traced_quietly():
+            tuner.search(epochs=tune.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     except Exception as e:  # noqa: BLE001 - only gRPC failures are translated; anything else propagates.
         if role.kind == "worker" and type(e).__module__.startswith("grpc"):
             raise RunError(f"worker {role.tuner_id}: lost the tuning chief at {role.address} ({_rpc_reason(e)}); "
