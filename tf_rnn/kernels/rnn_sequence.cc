@@ -300,24 +300,18 @@ TF_RNN_AVX512 static void Block512(const Term* terms, int nterms, int64_t s, int
         StoreFirst(c + r * ldc, acc[r][h], cols);
 }
 
-// Rows outer, panels inner: a block's rows of a (12 rows: 6 KiB of h for 128 units) stay in L1 while every panel of b
-// streams past from L2 once per block. Panels outer, as before, kept a's 32 rows and a pair of panels (40 KiB for the
-// forward's x and h) in an L1 of 32 KiB.
-template <int R>
-static void Rows512(const Term* terms, int nterms, int64_t r, float* c, int64_t ldc, int64_t n, bool acc_in,
-                    const float* row_init) {
-  for (int64_t s = 0; s * kPanel < n;) {
-    const int64_t left = n - s * kPanel;
-    const float* init = row_init ? row_init + s * kPanel : nullptr;
-    float* cs = c + r * ldc + s * kPanel;
-    if (left >= 2 * kPanel) {
-      Block512<R, 2>(terms, nterms, s, r, cs, ldc, kPanel, acc_in, init);
-      s += 2;
-    } else {
-      Block512<R, 1>(terms, nterms, s, r, cs, ldc, static_cast<int>(std::min<int64_t>(kPanel, left)), acc_in, init);
-      s += 1;
-    }
-  }
+template <int NP>
+static void Panel512(const Term* terms, int nterms, int64_t m, int64_t s, float* c, int64_t ldc, int cols,
+                     bool acc_in, const float* row_init) {
+  auto block = [&](auto rows, int64_t r) {
+    Block512<decltype(rows)::value, NP>(terms, nterms, s, r, c + r * ldc, ldc, cols, acc_in, row_init);
+  };
+  int64_t r = 0;
+  for (; r + kRows512 <= m; r += kRows512) block(std::integral_constant<int, kRows512>(), r);
+  if (r + 8 <= m) block(std::integral_constant<int, 8>(), r), r += 8;
+  if (r + 4 <= m) block(std::integral_constant<int, 4>(), r), r += 4;
+  if (r + 2 <= m) block(std::integral_constant<int, 2>(), r), r += 2;
+  if (r < m) block(std::integral_constant<int, 1>(), r);
 }
 
 static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, int64_t ldc, bool acc_in,
@@ -325,12 +319,18 @@ static void GemmAvx512(std::initializer_list<Term> terms, int64_t m, float* c, i
   const Term* t = terms.begin();
   const int nterms = static_cast<int>(terms.size());
   const int64_t n = t->b.n;
-  int64_t r = 0;
-  for (; r + kRows512 <= m; r += kRows512) Rows512<kRows512>(t, nterms, r, c, ldc, n, acc_in, row_init);
-  if (r + 8 <= m) Rows512<8>(t, nterms, r, c, ldc, n, acc_in, row_init), r += 8;
-  if (r + 4 <= m) Rows512<4>(t, nterms, r, c, ldc, n, acc_in, row_init), r += 4;
-  if (r + 2 <= m) Rows512<2>(t, nterms, r, c, ldc, n, acc_in, row_init), r += 2;
-  if (r < m) Rows512<1>(t, nterms, r, c, ldc, n, acc_in, row_init);
+  for (int64_t s = 0; s * kPanel < n;) {
+    const int64_t left = n - s * kPanel;
+    const float* init = row_init ? row_init + s * kPanel : nullptr;
+    if (left >= 2 * kPanel) {
+      Panel512<2>(t, nterms, m, s, c + s * kPanel, ldc, kPanel, acc_in, init);
+      s += 2;
+    } else {
+      Panel512<1>(t, nterms, m, s, c + s * kPanel, ldc, static_cast<int>(std::min<int64_t>(kPanel, left)), acc_in,
+                  init);
+      s += 1;
+    }
+  }
 }
 
 // ---- The bfloat16 products on AMX tiles (the ops' precision="bfloat16"), where the CPU has amx_bf16. -------------
